@@ -1,0 +1,128 @@
+"""The conversion protocol shared by every re-parameterizable block, and constructor helpers.
+
+A block subclasses :class:`ReparamBlock`, builds its training branches, and implements
+``equivalent_kernel_bias()`` (differentiable) and ``forward_train()``. ``reparameterize()`` then
+replaces all branches with one ``nn.Conv2d(bias=True)`` named ``conv``; the activation stays.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ReparamBlock",
+    "autopad",
+    "check_divisible",
+    "check_odd_kernel",
+    "check_positive",
+    "make_act",
+]
+
+
+def autopad(k: int, p: int | None = None, d: int = 1) -> int:
+    """'Same' padding for an odd kernel ``k`` with dilation ``d`` when ``p`` is None."""
+    return d * (k // 2) if p is None else p
+
+
+def make_act(act: bool | nn.Module) -> nn.Module:
+    """Activation as in Ultralytics ``Conv``: True -> SiLU, False/None -> Identity, a module -> itself."""
+    if act is True:
+        return nn.SiLU()
+    if isinstance(act, nn.Module):
+        return act
+    if act is False or act is None:
+        return nn.Identity()
+    raise ValueError(f"act must be a bool or an nn.Module, got {act!r}")
+
+
+def check_positive(**values: int) -> None:
+    """Raise ValueError naming the first argument that is not a positive int."""
+    for name, v in values.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def check_divisible(g: int, **channels: int) -> None:
+    """Raise ValueError unless every named channel count is divisible by the group count ``g``."""
+    for name, c in channels.items():
+        if c % g:
+            raise ValueError(f"{name}={c} must be divisible by groups g={g}")
+
+
+def check_odd_kernel(k: int) -> None:
+    """Raise ValueError for an even kernel: branches are centred, which needs a centre tap."""
+    if k % 2 == 0:
+        raise ValueError(f"kernel size k={k} must be odd so that smaller branches can be centred")
+
+
+class ReparamBlock(nn.Module):
+    """A multi-branch block that trains as several branches and deploys as one conv plus activation.
+
+    Subclasses set ``c1, c2, k, s, p, g, d`` and ``act`` and implement ``forward_train`` and
+    ``equivalent_kernel_bias``. After ``reparameterize()`` the module holds only ``conv`` and ``act``.
+    """
+
+    conv: nn.Conv2d | None
+
+    def __init__(self, c1: int, c2: int, k: int, s: int, p: int, g: int, d: int, act: nn.Module) -> None:
+        super().__init__()
+        self.c1, self.c2, self.k, self.s, self.p, self.g, self.d = c1, c2, k, s, p, g, d
+        self.act = act
+        self.conv = None
+
+    @property
+    def deployed(self) -> bool:
+        """True once the branches have been replaced by the single deploy conv."""
+        return self.conv is not None
+
+    def forward_train(self, x: Tensor) -> Tensor:
+        """Forward through the training branches, before the activation."""
+        raise NotImplementedError
+
+    def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        """Kernel ``(c2, c1/g, k, k)`` and bias ``(c2,)`` of the single conv equal to the branches."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.conv is not None:
+            return self.act(self.conv(x))
+        return self.act(self.forward_train(x))
+
+    def branch_names(self) -> list[str]:
+        """Names of the child modules, parameters and buffers that exist only in the training form."""
+        names = [n for n, _ in self.named_children() if n not in ("act", "conv")]
+        names += [n for n, _ in self.named_parameters(recurse=False)]
+        names += [n for n, _ in self.named_buffers(recurse=False)]
+        return names
+
+    def make_deploy_conv(self, weight: Tensor, bias: Tensor) -> nn.Conv2d:
+        """The plain ``nn.Conv2d(bias=True)`` of this block's geometry holding ``weight`` and ``bias``."""
+        ref = next(self.parameters(), None)
+        dtype = ref.dtype if ref is not None else weight.dtype
+        device = ref.device if ref is not None else weight.device
+        conv = nn.Conv2d(
+            self.c1, self.c2, self.k, self.s, self.p, dilation=self.d, groups=self.g, bias=True
+        ).to(device=device, dtype=dtype)
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            conv.bias.copy_(bias)
+        return conv
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Replace the training branches with one conv, in place; calling it again does nothing."""
+        if self.conv is not None:
+            return
+        weight, bias = self.equivalent_kernel_bias()
+        conv = self.make_deploy_conv(weight, bias)
+        for name in self.branch_names():
+            delattr(self, name)
+        self.conv = conv
+
+    def extra_repr(self) -> str:
+        form = "deploy" if self.deployed else "train"
+        return (
+            f"c1={self.c1}, c2={self.c2}, k={self.k}, s={self.s}, p={self.p}, g={self.g}, d={self.d}, "
+            f"form={form}"
+        )
