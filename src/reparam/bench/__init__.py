@@ -1,0 +1,1 @@
+"""Measurement helpers: latency side by side, training cost, params and FLOPs."""
