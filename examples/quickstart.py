@@ -14,8 +14,11 @@ def main() -> None:
     print(report)
     deploy = reparam.reparameterize(model)
     print(deploy)
-    print("params train/deploy:", sum(p.numel() for p in model.parameters()),
-          sum(p.numel() for p in deploy.parameters()))
+    print(
+        "params train/deploy:",
+        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in deploy.parameters()),
+    )
     torch.testing.assert_close(deploy(torch.ones(1, 3, 64, 64)), model(torch.ones(1, 3, 64, 64)))
 
 

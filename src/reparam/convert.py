@@ -9,6 +9,7 @@ end and per converted block.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ def fold_conv_bn(model: nn.Module) -> int:
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
-            for a, b in zip(names, names[1:], strict=False):
+            for a, b in itertools.pairwise(names):
                 conv, bn = module._modules[a], module._modules[b]
                 if _foldable(conv, bn):
                     module._modules[a] = _fused_conv(conv, bn)
@@ -164,7 +165,8 @@ def _errors(ref: Any, got: Any) -> tuple[float, float]:
         return math.inf, math.inf
     if not a:
         return 0.0, 0.0
-    max_abs = max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b))
+    pairs = zip(a, b, strict=True)
+    max_abs = max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in pairs)
     scale = max(float(x.double().abs().max()) if x.numel() else 0.0 for x in a)
     return max_abs, max_abs / max(scale, torch.finfo(torch.float64).tiny)
 
@@ -200,11 +202,15 @@ class VerifyReport:
     def table(self) -> str:
         """The report as a fixed-width text table, end-to-end row last."""
         rows = [(r.name or "<model>", r.kind, r.max_abs, r.max_rel, r.ok) for r in self.blocks]
-        rows.append(("END-TO-END", str(self.dtype).replace("torch.", ""), self.max_abs, self.max_rel, self.ok))
+        rows.append(
+            ("END-TO-END", str(self.dtype).replace("torch.", ""), self.max_abs, self.max_rel, self.ok)
+        )
         w = max(len(r[0]) for r in rows)
         k = max(len(r[1]) for r in rows)
         lines = [f"{'block':<{w}}  {'type':<{k}}  {'max_abs':>10}  {'max_rel':>10}  ok"]
-        lines += [f"{n:<{w}}  {t:<{k}}  {a:>10.3e}  {r:>10.3e}  {'yes' if o else 'NO'}" for n, t, a, r, o in rows]
+        lines += [
+            f"{n:<{w}}  {t:<{k}}  {a:>10.3e}  {r:>10.3e}  {'yes' if o else 'NO'}" for n, t, a, r, o in rows
+        ]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -327,8 +333,8 @@ def _hints(report: VerifyReport, was_training: bool, dtype: torch.dtype) -> list
         )
     if was_training:
         hints.append(
-            "the model was in train mode: its BN statistics change with every batch; convert and compare "
-            "only after model.eval() (verify compares eval forms, so a passing check does not cover train mode)"
+            "the model was in train mode: its BN statistics change with every batch; convert and "
+            "compare only after model.eval() (verify compares eval forms, not train mode)"
         )
     bad = [r for r in report.blocks if not r.ok]
     if bad:

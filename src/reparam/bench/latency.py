@@ -49,7 +49,8 @@ def compare_latency(
     """
     if rounds < 1 or calls_per_round < 1 or warmup < 0:
         raise ValueError(
-            f"rounds and calls_per_round must be >= 1 and warmup >= 0, got {rounds}, {calls_per_round}, {warmup}"
+            "rounds and calls_per_round must be >= 1 and warmup >= 0, "
+            f"got rounds={rounds}, calls_per_round={calls_per_round}, warmup={warmup}"
         )
     if not candidates:
         raise ValueError("candidates must name at least one model")
@@ -87,5 +88,7 @@ def format_ratios(timings: Mapping[str, Timing], baseline: str) -> str:
     w = max(len(n) for n in timings)
     lines = [f"{'model':<{w}}  {'median ms':>10}  {'p10':>8}  {'p90':>8}  {'vs ' + baseline:>12}"]
     for n, t in timings.items():
-        lines.append(f"{n:<{w}}  {t.median_ms:>10.3f}  {t.p10_ms:>8.3f}  {t.p90_ms:>8.3f}  {t.ratio_to(base):>12.3f}")
+        lines.append(
+            f"{n:<{w}}  {t.median_ms:>10.3f}  {t.p10_ms:>8.3f}  {t.p90_ms:>8.3f}  {t.ratio_to(base):>12.3f}"
+        )
     return "\n".join(lines)

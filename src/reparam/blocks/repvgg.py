@@ -21,6 +21,7 @@ from reparam.blocks.base import (
     make_act,
 )
 from reparam.blocks.convbn import ConvBN
+from reparam.blocks.registry import register_block
 
 __all__ = ["QARepVGGBlock", "RepVGGBlock", "check_rep_geometry"]
 
@@ -39,6 +40,7 @@ def check_rep_geometry(c1: int, c2: int, k: int, s: int, p: int | None, g: int, 
     return p
 
 
+@register_block("conv")
 class RepVGGBlock(ReparamBlock):
     """``act(BN(conv_kxk(x)) + BN(conv_1x1(x)) + BN(x))``; identity branch only if c1 == c2 and s == 1."""
 
@@ -79,6 +81,7 @@ class RepVGGBlock(ReparamBlock):
         return add_branches(*branches)
 
 
+@register_block("conv")
 class QARepVGGBlock(ReparamBlock):
     """Quantization-aware RepVGG: ``act(BN_post(BN(conv_kxk(x)) + conv_1x1(x) + x [+ avgpool(x)]))``.
 
