@@ -1,7 +1,8 @@
 """Whole-model conversion (``reparameterize``) and its proof (``verify``).
 
 ``reparameterize`` collapses every block that follows the conversion protocol (a ``reparameterize()``
-method, as in reparam, timm and MobileOne) and folds the remaining Conv2d -> BatchNorm2d pairs.
+method as in reparam, timm and MobileOne, or the older ``switch_to_deploy()``) and folds the remaining
+Conv2d -> BatchNorm2d pairs.
 ``verify`` runs the training and deploy forms side by side in eval mode and reports the error end to
 end and per converted block.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +39,20 @@ def default_rtol(dtype: torch.dtype) -> float:
     return _RTOL.get(dtype, 1e-4)
 
 
+_METHODS = ("reparameterize", "switch_to_deploy")
+
+
+def _conversion(module: nn.Module) -> Callable[[], object] | None:
+    """The module's in-place conversion method (``reparameterize`` or the older ``switch_to_deploy``)."""
+    for name in _METHODS:
+        method = getattr(module, name, None)
+        if callable(method):
+            return method
+    return None
+
+
 def _convertible(module: nn.Module) -> bool:
-    return callable(getattr(module, "reparameterize", None)) and isinstance(module, nn.Module)
+    return _conversion(module) is not None
 
 
 def _fused_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -98,14 +111,13 @@ def fold_conv_bn(model: nn.Module) -> int:
     return folded
 
 
-def _convert_tree(module: nn.Module) -> int:
-    count = 0
-    if _convertible(module):
-        module.reparameterize()
-        count += 1
+def _convert_tree(module: nn.Module) -> None:
+    """Convert ``module`` first (it may read its children's branches), then whatever children remain."""
+    method = _conversion(module)
+    if method is not None:
+        method()
     for child in list(module.children()):
-        count += _convert_tree(child)
-    return count
+        _convert_tree(child)
 
 
 def reparameterize(model: nn.Module, inplace: bool = False, allow_train: bool = False) -> nn.Module:
