@@ -1,0 +1,152 @@
+"""Deploy checkpoints: converted models built only from stock Ultralytics/PyTorch modules.
+
+Ultralytics checkpoints pickle whole modules, so a checkpoint holding reparam classes needs reparam
+installed to load. After conversion a RepVGG/QARepVGG/DBB/OREPA block is one conv plus activation,
+which is exactly a fused Ultralytics ``Conv``; the deploy checkpoint stores that ``Conv`` instead, and its
+YAML row names ``Conv``, so the file loads and predicts where reparam was never installed. Blocks whose
+deploy form has no stock equivalent (DynamicConv stays dynamic; BottleRep/BepC3/BiC/SimCSPSPPF keep
+their own forward) keep needing reparam at load time.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reparam.blocks.base import ReparamBlock
+from reparam.blocks.conv import ConvBNAct
+from reparam.blocks.efficientrep import RepBlock, SimSPPF, Transpose
+from reparam.yolo.hooks import convert_model
+
+__all__ = ["deploy_checkpoint", "reparam_globals", "to_stock_modules"]
+
+
+def _stock_conv(conv: nn.Conv2d, act: nn.Module) -> nn.Module:
+    """A fused Ultralytics ``Conv`` (no BN, ``forward_fuse``) holding ``conv`` and ``act``."""
+    from ultralytics.nn.modules.conv import Conv
+
+    stock = Conv(conv.in_channels, conv.out_channels, 1, act=act)
+    stock.conv = conv
+    delattr(stock, "bn")
+    stock.forward = stock.forward_fuse
+    return stock
+
+
+def _stock_sppf(module: SimSPPF) -> nn.Module | None:
+    """SimSPPF is Ultralytics' SPPF (3 pools, no shortcut) once its two convs are stock fused Convs."""
+    from ultralytics.nn.modules.block import SPPF
+
+    if not (_is_stock_conv(module.cv1) and _is_stock_conv(module.cv2)):
+        return None
+    pool = module.m
+    stock = SPPF(module.cv1.conv.in_channels, module.cv2.conv.out_channels, pool.kernel_size)
+    stock.cv1, stock.cv2, stock.m, stock.n, stock.add = module.cv1, module.cv2, pool, 3, False
+    return stock
+
+
+def _is_stock_conv(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("ultralytics.") and not hasattr(module, "bn")
+
+
+def _stock_equivalent(module: nn.Module) -> nn.Module | None:
+    """The stock module equal to a converted reparam module (children already swapped), or None."""
+    if isinstance(module, ReparamBlock) and module.deployed:
+        return _stock_conv(module.conv, module.act)
+    if isinstance(module, ConvBNAct) and not hasattr(module, "bn"):
+        return _stock_conv(module.conv, module.act)
+    if isinstance(module, RepBlock):
+        return nn.Sequential(module.conv1, *module.block)
+    if isinstance(module, Transpose):
+        return module.upsample_transpose
+    if isinstance(module, SimSPPF):
+        return _stock_sppf(module)
+    return None
+
+
+def _replace(parent: nn.Module) -> None:
+    """Swap converted reparam modules for stock ones, children first (post-order)."""
+    for name, child in list(parent.named_children()):
+        _replace(child)
+        stock = _stock_equivalent(child)
+        if stock is None:
+            continue
+        for attr in ("i", "f", "type", "np"):  # parse_model's per-layer bookkeeping
+            if hasattr(child, attr):
+                setattr(stock, attr, getattr(child, attr))
+        if hasattr(stock, "type"):
+            stock.type = f"{type(stock).__module__}.{type(stock).__name__}"
+            stock.np = sum(p.numel() for p in stock.parameters())
+        setattr(parent, name, stock)
+
+
+def reparam_globals(model: nn.Module) -> list[str]:
+    """Sorted class names of the reparam modules still inside ``model``."""
+    return sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("reparam.")})
+
+
+def to_stock_modules(model: nn.Module) -> nn.Module:
+    """Convert an Ultralytics model in place, then swap converted blocks for stock ``Conv`` modules.
+
+    RepBlock becomes an ``nn.Sequential`` of Convs, Transpose its ``nn.ConvTranspose2d``, SimSPPF an
+    Ultralytics ``SPPF``. YAML rows of layers that became ``Conv`` are renamed (their arguments keep the
+    same meaning), so the recorded architecture is the plain one.
+    """
+    convert_model(model)
+    _replace(model)
+    yaml = getattr(model, "yaml", None)
+    layers = getattr(model, "model", None)
+    if isinstance(yaml, dict) and isinstance(layers, nn.Sequential):
+        rows = yaml.get("backbone", []) + yaml.get("head", [])
+        for i, layer in enumerate(layers):
+            if i < len(rows) and type(layer).__name__ == "Conv" and rows[i][2] != "Conv":
+                rows[i][2] = "Conv"
+    return model
+
+
+def deploy_checkpoint(src: str | Path, dst: str | Path | None = None, standalone: bool = True) -> Path:
+    """Write the deploy form of Ultralytics checkpoint ``src`` to ``dst`` (default ``<src>-deploy.pt``).
+
+    The source file is never modified (it stays usable for resume and fine-tuning). Weights are kept in
+    float32 (Ultralytics stores float16): the folded kernels are not rounded again. With ``standalone``
+    (default) the result must load without reparam: a model that keeps reparam modules after conversion
+    (DynamicConv) raises ValueError; ``standalone=False`` writes it anyway, and it then needs
+    ``import reparam.yolo`` before loading.
+    """
+    from ultralytics.utils.patches import torch_load
+
+    src = Path(src)
+    if not src.is_file():
+        raise ValueError(f"src must be an existing checkpoint file, got {src}")
+    dst = Path(dst) if dst is not None else src.with_name(f"{src.stem}-deploy.pt")
+    if dst.resolve() == src.resolve():
+        raise ValueError("dst must differ from src: the training checkpoint stays untouched")
+    ckpt: dict[str, Any] = torch_load(src, map_location="cpu", weights_only=False)
+    source = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(source, nn.Module):
+        raise ValueError(f"{src} holds no model under 'ema' or 'model'; is it an Ultralytics checkpoint?")
+    model = to_stock_modules(copy.deepcopy(source).float().eval())
+    remaining = reparam_globals(model)
+    if remaining and standalone:
+        raise ValueError(
+            f"{src}: {', '.join(remaining)} have no stock Ultralytics/PyTorch deploy form (DynamicConv stays "
+            "dynamic after conversion), so this model needs reparam at load time; pass standalone=False "
+            "to write a converted checkpoint that loads after `import reparam.yolo`"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out = {k: v for k, v in ckpt.items() if k not in ("ema", "optimizer", "updates", "scaler")}
+    out.update(model=model, ema=None, optimizer=None, reparam_deploy={"source": str(src)})
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, dst)
+    if standalone:
+        leaked = [
+            g for g in torch.serialization.get_unsafe_globals_in_checkpoint(dst) if g.startswith("reparam")
+        ]
+        if leaked:
+            dst.unlink()
+            raise ValueError(f"deploy checkpoint would still reference reparam: {', '.join(leaked)}")
+    return dst
