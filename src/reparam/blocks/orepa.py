@@ -1,0 +1,452 @@
+"""OREPA: Online Convolutional Re-parameterization (CVPR 2022, arXiv 2204.00826).
+
+The branches are squeezed into one kernel *before* touching the feature map: every training forward
+regenerates the kxk kernel from the branch parameters (linear, no BN or activation inside a branch)
+and runs ONE convolution followed by ONE BN. Deploy folds that BN into the generated kernel.
+
+Branch set and widths follow the reference implementation (JUGGHM/OREPA_CVPR2022, ``blocks.py``), so
+parameter counts match it. The generator is engineered for CPU training speed: fixed filters are
+buffers, no branch is run as a convolution, every branch is accumulated in place into one buffer (the
+1x1 -> kxk product as one GEMM per group), and a hand-written backward saves nothing but the
+parameters and computes each gradient with one GEMM or one reduction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from reparam.algebra import (
+    add_branches,
+    compose_sequential,
+    fold_bn,
+    identity_kernel,
+    pad_kernel,
+    padding_for_branch,
+)
+from reparam.blocks.base import (
+    ReparamBlock,
+    autopad,
+    check_divisible,
+    check_odd_kernel,
+    check_positive,
+    make_act,
+)
+from reparam.blocks.convbn import ConvBN
+from reparam.blocks.registry import register_block
+
+__all__ = [
+    "OREPA",
+    "OREPAKernel",
+    "OREPARepVGG",
+    "OREPA_1x1",
+    "OREPA_LargeConv",
+    "frequency_prior",
+    "orepa_internal_width",
+]
+
+EXPAND = 8  # depthwise expansion of the linear depthwise-separable branch (reference: expand_ratio)
+
+
+def orepa_internal_width(c1: int, g: int) -> int:
+    """Width T of the 1x1 -> kxk branch: ``c1`` if ``g <= 4`` else ``2 * c1`` (reference rule)."""
+    return c1 if g <= 4 else 2 * c1
+
+
+def frequency_prior(channels: int, k: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The fixed DCT-II filters of OREPA's prior branch, shape ``(channels, k, k)``.
+
+    Channel ``i`` of the first ``ceil(channels / 2)`` varies along rows, the rest along columns, with
+    ``cos(pi (h + 1/2) f / k)``. The frequency ``f`` wraps to ``1 .. k-1`` (the reference hard-codes
+    k = 3 and lets ``f`` run on, which gives zero filters), so no channel gets a zero or constant filter.
+    """
+    check_positive(channels=channels, k=k)
+    if k < 3 or k % 2 == 0:
+        raise ValueError(f"frequency_prior: k={k} must be odd and >= 3 (k = 1 has no non-constant filter)")
+    half = (channels + 1) // 2
+    i = torch.arange(channels, dtype=torch.float64)
+    f = torch.where(i < half, i, i - half).remainder(k - 1) + 1
+    h = torch.arange(k, dtype=torch.float64) + 0.5
+    wave = torch.cos(math.pi * f[:, None] * h[None, :] / k)  # (channels, k)
+    rows = wave[:, :, None].expand(channels, k, k)  # varies with h
+    cols = wave[:, None, :].expand(channels, k, k)  # varies with w
+    return torch.where((i < half)[:, None, None], rows, cols).to(dtype).contiguous()
+
+
+def _check_orepa_geometry(c1: int, c2: int, k: int, s: int, p: int | None, g: int, d: int) -> int:
+    """Validate an OREPA-family geometry and return the padding (``k // 2``, no dilation)."""
+    check_positive(c1=c1, c2=c2, k=k, s=s, g=g, d=d)
+    if d != 1:
+        raise ValueError(f"dilation d={d} is not supported: OREPA's branches are undilated (use d=1)")
+    check_odd_kernel(k)
+    check_divisible(g, c1=c1, c2=c2)
+    p = autopad(k, p)
+    if p != k // 2:
+        raise ValueError(f"padding p={p} must equal k//2={k // 2}: OREPA's branches are centred")
+    return p
+
+
+class OREPAKernel(nn.Module):
+    """The six-branch kernel generator of OREPA (no conv, no BN): ``forward()`` returns ``(O, I/g, k, k)``.
+
+    Branches (rows of ``vector``, each a per-output-channel scale): 0 origin kxk; 1 1x1 times a k x k
+    mean filter; 2 1x1 times a fixed DCT filter; 3 (identity + delta) 1x1 -> kxk of width T; 4 1x1
+    (centred; omitted with ``branch_1x1=False`` as in the RepVGG-style variant, whose block has its own
+    1x1); 5 linear depthwise (8 I) -> pointwise. Not a block on its own: OREPA, OREPARepVGG and
+    OREPA_LargeConv wrap it.
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 3, g: int = 1, branch_1x1: bool = True) -> None:
+        super().__init__()
+        check_positive(c1=c1, c2=c2, k=k, g=g)
+        check_divisible(g, c1=c1, c2=c2)
+        if k < 3 or k % 2 == 0:
+            raise ValueError(f"OREPAKernel: kernel size k={k} must be odd and >= 3 (k = 1: use OREPA_1x1)")
+        self.c1, self.c2, self.k, self.g = c1, c2, k, g
+        ig = c1 // g
+        t = orepa_internal_width(c1, g)
+        self.t = t
+        self.weight_origin = nn.Parameter(torch.empty(c2, ig, k, k))
+        self.weight_avg = nn.Parameter(torch.empty(c2, ig, 1, 1))
+        self.weight_prior = nn.Parameter(torch.empty(c2, ig, 1, 1))
+        self.weight_1x1 = nn.Parameter(torch.empty(c2, ig, 1, 1)) if branch_1x1 else None
+        self.weight_1x1_kxk_idconv1 = nn.Parameter(torch.zeros(t, ig, 1, 1))
+        self.weight_1x1_kxk_conv2 = nn.Parameter(torch.empty(c2, t // g, k, k))
+        self.weight_dw = nn.Parameter(torch.empty(EXPAND * c1, 1, k, k))
+        self.weight_pw = nn.Parameter(torch.empty(c2, EXPAND * c1 // g, 1, 1))
+        for w in (
+            self.weight_origin,
+            self.weight_avg,
+            self.weight_prior,
+            self.weight_1x1,
+            self.weight_1x1_kxk_conv2,
+            self.weight_dw,
+            self.weight_pw,
+        ):
+            if w is not None:
+                nn.init.kaiming_uniform_(w, a=0.0)
+        # Row order as in the paper: origin, avg, prior, 1x1->kxk, [1x1], depthwise-separable.
+        init = [0.25, 0.25, 0.0, 0.5] + ([1.0] if branch_1x1 else []) + [0.5]
+        self.vector = nn.Parameter(torch.tensor(init)[:, None].repeat(1, c2))
+        # Fixed k x k filters that the 1x1 factors multiply: mean filter, DCT prior, [centre tap].
+        fixed = [torch.full((c2, k, k), 1.0 / k**2), frequency_prior(c2, k)]
+        if branch_1x1:
+            fixed.append(pad_kernel(torch.ones(c2, 1, 1), k))
+        self.register_buffer("fixed_filters", torch.stack(fixed).view(len(fixed), c2, k * k, 1))
+        self.register_buffer("id_tensor", identity_kernel(t, t // ig, 1).flatten(1))  # (T, I/g)
+        # (O, g, k, T, I/g, rows of the fixed-filter branches, row of 1x1->kxk, row of depthwise-separable)
+        self._geom = (c2, g, k, t, ig, (1, 2, 4) if branch_1x1 else (1, 2), 3, 5 if branch_1x1 else 4)
+
+    def forward(self) -> Tensor:
+        """The merged ``(O, I/g, k, k)`` kernel from the current branch parameters (differentiable)."""
+        factors = [self.weight_avg, self.weight_prior]
+        if self.weight_1x1 is not None:
+            factors.append(self.weight_1x1)
+        return _GenerateKernel.apply(
+            self._geom,
+            self.vector,
+            self.weight_origin,
+            self.weight_1x1_kxk_idconv1,
+            self.weight_1x1_kxk_conv2,
+            self.weight_dw,
+            self.weight_pw,
+            self.fixed_filters,
+            self.id_tensor,
+            *factors,
+        )
+
+
+class _GenerateKernel(torch.autograd.Function):
+    """OREPA's kernel generation with a hand-written backward.
+
+    Why: autograd of the same expression keeps kernel-sized temporaries alive for backward and spends
+    most of its time in broadcast products and per-batch copies. Here forward accumulates every branch
+    in place into one ``(O, k*k, I/g)`` buffer (rows contiguous, so the 1x1 -> kxk contraction is one
+    GEMM per group, ``baddbmm_``), saves only the parameters themselves, and backward derives each
+    gradient with one GEMM or one reduction, reusing the GEMM results for the scale gradients.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        geom: tuple,
+        vector: Tensor,
+        w0: Tensor,
+        delta: Tensor,
+        c2w: Tensor,
+        dw: Tensor,
+        pw: Tensor,
+        fixed: Tensor,
+        ident: Tensor,
+        *factors: Tensor,
+    ) -> Tensor:
+        o, g, k, t, ig, fixed_rows, r3, r5 = geom
+        og, tg, kk = o // g, t // g, k * k
+        # 5: depthwise (8 per input channel) -> pointwise: a GEMM per input channel, batched.
+        pwv = pw.view(o, ig, EXPAND) * vector[r5].view(o, 1, 1)
+        pw_b = pwv.view(g, og, ig, EXPAND).transpose(1, 2).reshape(g * ig, og, EXPAND)
+        k5 = torch.bmm(pw_b, dw.view(g * ig, EXPAND, kk))  # (g*ig, og, kk)
+        acc = k5.view(g, ig, og, kk).permute(0, 2, 3, 1).reshape(o, kk, ig).contiguous()
+        # 0: origin; 1, 2, (4): 1x1 factors times their fixed filters (mean, DCT prior, centre tap).
+        acc.addcmul_(w0.view(o, ig, kk).transpose(1, 2), vector[0].view(o, 1, 1))
+        scaled = fixed * vector[list(fixed_rows)].view(len(fixed_rows), o, 1, 1)  # (nf, O, kk, 1)
+        for factor, filt in zip(factors, scaled, strict=True):
+            acc.addcmul_(factor.view(o, 1, ig), filt)
+        # 3: (identity + delta) 1x1 -> kxk: one GEMM per group over T, accumulated in place.
+        c1 = (delta.view(t, ig) + ident).view(g, tg, ig)
+        c2v = (c2w.view(o, tg, kk) * vector[r3].view(o, 1, 1)).view(g, og, tg, kk)
+        acc.view(g, og * kk, ig).baddbmm_(c2v.transpose(2, 3).reshape(g, og * kk, tg), c1)
+        ctx.geom = geom
+        ctx.save_for_backward(vector, w0, delta, c2w, dw, pw, fixed, ident, *factors)
+        return acc.view(o, k, k, ig).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        o, g, k, t, ig, fixed_rows, r3, r5 = ctx.geom
+        og, tg, kk = o // g, t // g, k * k
+        vector, w0, delta, c2w, dw, pw, fixed, ident, *factors = ctx.saved_tensors
+        grad = grad.contiguous()
+        gt = grad.permute(0, 2, 3, 1).reshape(o, kk, ig).contiguous()  # (O, kk, I/g)
+        gvec = torch.zeros_like(vector)
+        # 0: origin.
+        g_w0 = grad * vector[0].view(o, 1, 1, 1)
+        gvec[0] = (grad * w0).view(o, -1).sum(1)
+        # 1, 2, (4): h[o, b, i] = sum_s filter_b[o, s] grad[o, i, s].
+        h = torch.bmm(fixed.view(len(fixed_rows), o, kk).transpose(0, 1), gt)  # (O, nf, I/g)
+        g_factors = []
+        for b, (row, factor) in enumerate(zip(fixed_rows, factors, strict=True)):
+            g_factors.append((h[:, b] * vector[row].view(o, 1)).reshape(factor.shape))
+            gvec[row] = (h[:, b] * factor.view(o, ig)).sum(1)
+        # 3: r[o, t, s] = sum_i grad[o, i, s] c1[t, i]; grads of conv2, of its scale, and of delta.
+        c1 = (delta.view(t, ig) + ident).view(g, tg, ig)
+        r = (
+            torch.bmm(gt.view(g, og * kk, ig), c1.transpose(1, 2))
+            .view(o, kk, tg)
+            .transpose(1, 2)
+            .contiguous()
+        )
+        g_c2 = (r * vector[r3].view(o, 1, 1)).reshape(c2w.shape)
+        gvec[r3] = (r * c2w.view(o, tg, kk)).sum((1, 2))
+        c2v = (c2w.view(o, tg, kk) * vector[r3].view(o, 1, 1)).view(g, og, tg, kk)
+        g_delta = torch.bmm(c2v.transpose(1, 2).reshape(g, tg, og * kk), gt.view(g, og * kk, ig))
+        # 5: q[o, i, e] = sum_s grad[o, i, s] dw[i, e, s]; grads of pointwise, of its scale, of depthwise.
+        gb = grad.view(g, og, ig, kk).transpose(1, 2).reshape(g * ig, og, kk)
+        q = torch.bmm(gb, dw.view(g * ig, EXPAND, kk).transpose(1, 2))  # (g*ig, og, E)
+        q = q.view(g, ig, og, EXPAND).transpose(1, 2).reshape(o, ig, EXPAND)
+        pw3 = pw.view(o, ig, EXPAND)
+        g_pw = (q * vector[r5].view(o, 1, 1)).reshape(pw.shape)
+        gvec[r5] = (q * pw3).sum((1, 2))
+        pwv_b = (pw3 * vector[r5].view(o, 1, 1)).view(g, og, ig, EXPAND).transpose(1, 2)
+        g_dw = torch.bmm(pwv_b.reshape(g * ig, og, EXPAND).transpose(1, 2), gb).reshape(dw.shape)
+        return (None, gvec, g_w0, g_delta.reshape(delta.shape), g_c2, g_dw, g_pw, None, None, *g_factors)
+
+
+def _orepa_args(
+    c1: int,
+    c2: int,
+    k: int = 3,
+    s: int = 1,
+    p: int | None = None,
+    g: int = 1,
+    d: int = 1,
+    act: bool | nn.Module = True,
+    large: bool = False,
+) -> dict[str, Any]:
+    return {"c1": c1, "c2": c2, "k": k, "s": s, "p": p, "g": g, "d": d, "act": act, "large": large}
+
+
+@register_block("conv")
+class OREPA(ReparamBlock):
+    """``act(BN(conv(x, K)))`` with ``K`` regenerated from six linear branches at every training forward.
+
+    Construction routes by kernel size: ``OREPA(c1, c2, 1, ...)`` returns an :class:`OREPA_1x1` and
+    ``OREPA(c1, c2, k, ..., large=True)`` (k >= 5) an :class:`OREPA_LargeConv` (``__new__`` returns the
+    other class, so YAML and registry users get the right block from the one name "OREPA").
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> nn.Module:
+        if not args and not kwargs:  # copy / unpickling: the state comes afterwards
+            return super().__new__(cls)
+        a = _orepa_args(*args, **kwargs)
+        large = a.pop("large")
+        if a["k"] == 1:
+            if large:
+                raise ValueError("large=True needs a kernel size k >= 5, got k=1")
+            return OREPA_1x1(**a)
+        if large:
+            return OREPA_LargeConv(**a)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int = 3,
+        s: int = 1,
+        p: int | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+        large: bool = False,
+    ) -> None:
+        p = _check_orepa_geometry(c1, c2, k, s, p, g, d)
+        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        self.gen = OREPAKernel(c1, c2, k, g)
+        self.bn = nn.BatchNorm2d(c2)
+
+    def forward_train(self, x: Tensor) -> Tensor:
+        return self.bn(F.conv2d(x, self.gen(), None, self.s, self.p, 1, self.g))
+
+    def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        return fold_bn(self.gen(), self.bn)
+
+
+@register_block("conv")
+class OREPA_1x1(ReparamBlock):
+    """OREPA for k = 1: ``act(BN(conv(x, v0 W + v1 (W2 W1))))``, one conv and one BN.
+
+    As in the reference, the second term is a product of two 1x1 factors through width
+    ``T = min(c1, c2)``, the square factor identity-initialised, scales initialised to ``[1.0, 0.5]``
+    and weights kaiming-uniform with ``a = 1``. Groups are supported per group.
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int = 1,
+        s: int = 1,
+        p: int | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+    ) -> None:
+        p = _check_orepa_geometry(c1, c2, k, s, p, g, d)
+        if k != 1:
+            raise ValueError(f"OREPA_1x1 needs kernel size k=1, got k={k} (use OREPA)")
+        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        ig, t = c1 // g, min(c1, c2)
+        self.t = t
+        self.weight_origin = nn.Parameter(torch.empty(c2, ig, 1, 1))
+        nn.init.kaiming_uniform_(self.weight_origin, a=1.0)
+        if c2 > c1:
+            self.weight_l2i_conv1 = nn.Parameter(identity_kernel(c1, g, 1))  # (T = c1, I/g)
+            self.weight_l2i_conv2 = nn.Parameter(torch.empty(c2, t // g, 1, 1))
+            nn.init.kaiming_uniform_(self.weight_l2i_conv2, a=1.0)
+        else:
+            self.weight_l2i_conv1 = nn.Parameter(torch.empty(t, ig, 1, 1))
+            nn.init.kaiming_uniform_(self.weight_l2i_conv1, a=1.0)
+            self.weight_l2i_conv2 = nn.Parameter(identity_kernel(c2, g, 1))  # (c2, T/g = c2/g)
+        self.vector = nn.Parameter(torch.tensor([1.0, 0.5])[:, None].repeat(1, c2))
+        self.bn = nn.BatchNorm2d(c2)
+
+    def generate(self) -> Tensor:
+        """The merged 1x1 kernel ``(c2, c1/g, 1, 1)`` from the current parameters."""
+        g, o, t = self.g, self.c2, self.t
+        ig = self.c1 // g
+        v = self.vector[:, :, None]  # (2, O, 1)
+        w1 = self.weight_l2i_conv1.view(g, t // g, ig)
+        w2 = (self.weight_l2i_conv2.view(o, t // g) * v[1]).view(g, o // g, t // g)
+        low = torch.bmm(w2, w1).view(o, ig)
+        return torch.addcmul(low, self.weight_origin.view(o, ig), v[0]).view(o, ig, 1, 1)
+
+    def forward_train(self, x: Tensor) -> Tensor:
+        return self.bn(F.conv2d(x, self.generate(), None, self.s, 0, 1, self.g))
+
+    def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        return fold_bn(self.generate(), self.bn)
+
+
+@register_block("conv")
+class OREPA_LargeConv(ReparamBlock):
+    """OREPA for large k: a deep linear stem of ``(k-1)/2`` OREPA 3x3 generators composed into one kxk.
+
+    Stage widths as in the reference (internal width ``c2``). The composed kernel is the exact kernel of
+    the stacked *unpadded* 3x3 convs (:func:`reparam.algebra.compose_sequential`); training and deploy
+    both use it, with one conv and one BN. Groups are not supported (the reference's composition is
+    only defined for g = 1).
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int = 5,
+        s: int = 1,
+        p: int | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+    ) -> None:
+        p = _check_orepa_geometry(c1, c2, k, s, p, g, d)
+        if k < 5:
+            raise ValueError(f"OREPA_LargeConv needs kernel size k >= 5, got k={k} (use OREPA)")
+        if g != 1:
+            raise ValueError(f"OREPA_LargeConv supports groups g=1 only, got g={g}")
+        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        layers = (k - 1) // 2
+        self.stages = nn.ModuleList(OREPAKernel(c1 if i == 0 else c2, c2, 3) for i in range(layers))
+        self.bn = nn.BatchNorm2d(c2)
+
+    def generate(self) -> Tensor:
+        """The composed ``(c2, c1, k, k)`` kernel of the stacked 3x3 generators."""
+        weight = self.stages[0]()
+        for stage in self.stages[1:]:
+            weight = compose_sequential(weight, stage())
+        return weight
+
+    def forward_train(self, x: Tensor) -> Tensor:
+        return self.bn(F.conv2d(x, self.generate(), None, self.s, self.p))
+
+    def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        return fold_bn(self.generate(), self.bn)
+
+
+@register_block("conv")
+class OREPARepVGG(ReparamBlock):
+    """RepVGG-style OREPA: ``act(BN(conv(x, K_orepa)) + BN(conv_1x1(x)) + BN(x))``.
+
+    The kxk branch is OREPA's generator without its own 1x1 branch (five branches, as the reference
+    ``OREPA_3x3_RepVGG``); the identity BN exists only if c1 == c2 and s == 1.
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int = 3,
+        s: int = 1,
+        p: int | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+    ) -> None:
+        p = _check_orepa_geometry(c1, c2, k, s, p, g, d)
+        if k < 3:
+            raise ValueError(f"OREPARepVGG needs kernel size k >= 3, got k={k}")
+        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        self.gen = OREPAKernel(c1, c2, k, g, branch_1x1=False)
+        self.bn = nn.BatchNorm2d(c2)
+        self.rbr_1x1 = ConvBN(c1, c2, 1, s, padding_for_branch(p, k, 1), g)
+        self.rbr_identity = nn.BatchNorm2d(c1) if c1 == c2 and s == 1 else None
+
+    def forward_train(self, x: Tensor) -> Tensor:
+        y = self.bn(F.conv2d(x, self.gen(), None, self.s, self.p, 1, self.g)) + self.rbr_1x1(x)
+        if self.rbr_identity is not None:
+            y = y + self.rbr_identity(x)
+        return y
+
+    def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        dense = fold_bn(self.gen(), self.bn)
+        w1, b1 = self.rbr_1x1.fused()
+        branches = [dense, (pad_kernel(w1, self.k), b1)]
+        if self.rbr_identity is not None:
+            eye = identity_kernel(self.c1, self.g, self.k, dtype=dense[0].dtype, device=dense[0].device)
+            branches.append(fold_bn(eye, self.rbr_identity))
+        return add_branches(*branches)
