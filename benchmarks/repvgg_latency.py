@@ -8,6 +8,7 @@ the graphs are the same) and converted / unconverted (target < 1). Usage:
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from torch import nn
@@ -49,9 +50,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU time")
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, input {args.imgsz}px, rounds {args.rounds}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, input {args.imgsz}px, rounds {args.rounds}, "
+        f"{args.clock} clock"
+    )
     for block in (RepVGGBlock, QARepVGGBlock):
         train = rep_stack(block)
         randomize_bn_(train, seed=0)
@@ -64,7 +70,10 @@ def main() -> None:
         for batch in args.batches:
             x = torch.randn(batch, 3, args.imgsz, args.imgsz)
             timings = compare_latency(
-                {"plain": plain_stack(), "converted": deploy, "unconverted": train}, x, rounds=args.rounds
+                {"plain": plain_stack(), "converted": deploy, "unconverted": train},
+                x,
+                rounds=args.rounds,
+                clock=clock,
             )
             print(f"-- batch {batch}")
             print(format_ratios(timings, "plain"))

@@ -41,11 +41,14 @@ def compare_latency(
     calls_per_round: int = 3,
     warmup: int = 3,
     progress: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Time every candidate on ``x`` in interleaved rounds; returns medians per call in ms.
 
     Each round runs every candidate ``calls_per_round`` times back to back (in a rotating order), so
     a slow spell of the machine affects all candidates rather than the one that happened to run then.
+    ``clock=time.process_time`` measures CPU time instead of wall time, which other processes on a
+    shared machine disturb less.
     """
     if rounds < 1 or calls_per_round < 1 or warmup < 0:
         raise ValueError(
@@ -66,11 +69,11 @@ def compare_latency(
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             fn = candidates[n]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(calls_per_round):
                 fn(x)
             _sync(x)
-            samples[n].append((time.perf_counter() - t0) * 1e3 / calls_per_round)
+            samples[n].append((clock() - t0) * 1e3 / calls_per_round)
         if progress is not None and (r + 1) % max(1, rounds // 5) == 0:
             progress(f"  round {r + 1}/{rounds}")
     out = {}
