@@ -1,0 +1,437 @@
+"""The ``reparam`` command: Ultralytics-style ``key=value`` arguments over the library.
+
+Every subcommand has ``--help`` listing its keys and defaults. An unknown key or a bad value stops with a
+message naming it and exit code 2 (so does a ValueError or missing file raised by the library for the
+given arguments); a failed check (verify, demo) exits with 1. Heavy imports (torch, ultralytics) happen
+only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COMMANDS", "main"]
+
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+Parser = Callable[[str], Any]
+
+
+def _int(minimum: int) -> Parser:
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise ValueError(f"must be an integer >= {minimum}") from None
+        if n < minimum:
+            raise ValueError(f"must be an integer >= {minimum}")
+        return n
+
+    return parse
+
+
+def _float(lo: float, hi: float, lo_open: bool = True) -> Parser:
+    def parse(v: str) -> float:
+        try:
+            x = float(v)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not ((x > lo if lo_open else x >= lo) and x <= hi):
+            raise ValueError(f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}]")
+        return x
+
+    return parse
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in TRUE:
+        return True
+    if v.lower() in FALSE:
+        return False
+    raise ValueError("must be True or False")
+
+
+def _text(v: str) -> str:
+    if not v:
+        raise ValueError("must not be empty")
+    return v
+
+
+def _choice(*options: str) -> Parser:
+    def parse(v: str) -> str:
+        if v.lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return v.lower()
+
+    return parse
+
+
+def _names(v: str) -> list[str]:
+    items = [s.strip() for s in v.split(",") if s.strip()]
+    if not items:
+        raise ValueError("must be a comma-separated list of model names")
+    return items
+
+
+def _optional(parse: Parser) -> Parser:
+    def wrapped(v: str) -> Any:
+        return None if v.lower() == "none" else parse(v)
+
+    return wrapped
+
+
+@dataclass(frozen=True)
+class Key:
+    """One ``key=value`` option: its parser, default (None: optional or required) and help line."""
+
+    name: str
+    parse: Parser
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its keys, which keys bare words fill in order, which keys must be given."""
+
+    name: str
+    help: str
+    run: Callable[[dict[str, Any]], int]
+    keys: tuple[Key, ...]
+    positional: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    extra_keys: Callable[[], dict[str, Any]] | None = None
+    extra_help: str = ""
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _cmd_demo(o: dict[str, Any]) -> int:
+    from reparam.demo import run_demo
+
+    result = run_demo(**o, progress=_say)
+    return 0 if result.ok else 1
+
+
+def _cmd_data(o: dict[str, Any]) -> int:
+    from reparam.data.deepforest import prepare_deepforest
+
+    ds = prepare_deepforest(
+        o["cache"], o["tile"], o["overlap"], o["min_visibility"], o["force"], progress=_say
+    )
+    _say(ds.summary())
+    return 0
+
+
+def _cmd_train(o: dict[str, Any]) -> int:
+    from reparam.demo import train
+
+    result = train(progress=_say, **o)
+    _say(f"weights: {result.best}\nconvert for deployment with: reparam deploy {result.best}")
+    return 0
+
+
+def _cmd_deploy(o: dict[str, Any]) -> int:
+    from reparam.demo import deploy
+
+    _say(deploy(o["ckpt"], o["out"]))
+    return 0
+
+
+def _cmd_verify(o: dict[str, Any]) -> int:
+    from reparam.demo import verify_model
+
+    report = verify_model(**o)
+    _say(str(report))
+    return 0 if report.ok else 1
+
+
+def _cmd_export(o: dict[str, Any]) -> int:
+    from reparam.demo import export_model
+
+    result = export_model(**o)
+    _say(result.summary())
+    return 0 if result.check is None or result.check.ok else 1
+
+
+def _cmd_info(o: dict[str, Any]) -> int:
+    from reparam.demo import describe
+
+    _say(describe(o["model"], o["imgsz"]))
+    return 0
+
+
+def _cmd_bench(o: dict[str, Any]) -> int:
+    from reparam.demo import run_bench
+
+    run_bench(**o, progress=_say)
+    return 0
+
+
+def _ultralytics_keys() -> dict[str, Any]:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return dict(DEFAULT_CFG_DICT)
+
+
+_MODEL = "a zoo model (e.g. yolov8n-orepa.yaml), an Ultralytics YAML or a .pt checkpoint"
+_IMGSZ = Key("imgsz", _int(32), 320, "image size in pixels")
+_DEVICE = Key("device", _text, "cpu", "torch device: cpu, 0, cuda:0, ...")
+_DATA = Key(
+    "data", _optional(_text), None, "data YAML (default: the DeepForest tree-crown set, see `reparam data`)"
+)
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command(
+            "demo",
+            "the main job: train a re-parameterized detector on real data, convert, verify, validate, "
+            "benchmark, export; writes a report folder",
+            _cmd_demo,
+            (
+                Key("model", _text, "yolov8n-orepa.yaml", _MODEL),
+                _DATA,
+                Key("epochs", _int(1), 30, "training epochs"),
+                _IMGSZ,
+                Key("batch", _int(1), 8, "training batch size (one optimizer step per batch)"),
+                Key("out", Path, Path("runs/reparam-demo"), "output folder (training run and report/)"),
+                _DEVICE,
+                Key("rounds", _int(1), 15, "latency rounds per candidate (medians over rounds)"),
+                Key("throughput_batch", _int(2), 8, "batch size of the throughput latency measurement"),
+            ),
+        ),
+        Command(
+            "train",
+            "Ultralytics training with reparam's blocks registered (any Ultralytics train key is accepted)",
+            _cmd_train,
+            (
+                Key("model", _text, None, _MODEL),
+                _DATA,
+                Key("epochs", _int(1), 25, "training epochs"),
+                _IMGSZ,
+                Key("batch", _int(1), 16, "batch size"),
+                _DEVICE,
+                Key("project", Path, Path("runs/reparam"), "runs folder"),
+                Key("name", _text, "train", "run name inside project"),
+            ),
+            positional=("model",),
+            required=("model",),
+            extra_keys=_ultralytics_keys,
+            extra_help="Any other Ultralytics train key (lr0=, optimizer=, seed=, ...) is passed through.",
+        ),
+        Command(
+            "deploy",
+            "write a deploy checkpoint (every block converted) that loads without reparam",
+            _cmd_deploy,
+            (
+                Key("ckpt", Path, None, "training checkpoint (.pt)"),
+                Key("out", _optional(Path), None, "output path (default: <ckpt stem>-deploy.pt)"),
+            ),
+            positional=("ckpt",),
+            required=("ckpt",),
+        ),
+        Command(
+            "verify",
+            "prove the conversion: training vs converted form, per block and end to end",
+            _cmd_verify,
+            (
+                Key("model", _text, None, _MODEL),
+                _IMGSZ,
+                Key("batch", _int(1), 1, "batch size of the random input"),
+                Key("dtype", _choice("float32", "float64"), "float32", "compute dtype (float64: strict)"),
+                Key("randomize_bn", _bool, False, "give BNs random statistics first (fresh models)"),
+                Key("rtol", _optional(_float(0.0, 1.0)), None, "max relative error (default by dtype)"),
+                Key("per_block", _bool, True, "also report every converted block"),
+            ),
+            positional=("model",),
+            required=("model",),
+        ),
+        Command(
+            "export",
+            "convert and export through Ultralytics; ONNX is checked in onnxruntime",
+            _cmd_export,
+            (
+                Key("model", _text, None, _MODEL),
+                Key("format", _text, "onnx", "any Ultralytics export format (onnx, torchscript, ...)"),
+                _IMGSZ,
+                Key("dynamic", _bool, False, "dynamic batch and image size axes"),
+                Key("opset", _optional(_int(7)), None, "ONNX opset (default: Ultralytics' choice)"),
+                Key("check", _bool, True, "compare the ONNX file with PyTorch in onnxruntime"),
+            ),
+            positional=("model",),
+            required=("model",),
+        ),
+        Command(
+            "info",
+            "params and FLOPs of the training and converted forms, and the blocks used",
+            _cmd_info,
+            (Key("model", _text, None, _MODEL), _IMGSZ),
+            positional=("model",),
+            required=("model",),
+        ),
+        Command(
+            "bench",
+            "side-by-side latency, params and FLOPs: training form vs converted vs plain model",
+            _cmd_bench,
+            (
+                Key(
+                    "models", _names, ["yolov8n-orepa.yaml", "yolov8n-repvgg.yaml"], "comma-separated models"
+                ),
+                _IMGSZ,
+                Key("batch", _int(2), 8, "batch size of the throughput measurement (batch 1 is always run)"),
+                Key("rounds", _int(1), 20, "latency rounds per candidate (medians over rounds)"),
+                Key("train_cost", _bool, False, "also measure training step time and memory per block type"),
+                Key("out", Path, Path("runs/reparam-bench"), "report folder (Markdown, CSV, PNG)"),
+            ),
+        ),
+        Command(
+            "data",
+            "fetch (once) and tile the default DeepForest tree-crown dataset; prints what it made",
+            _cmd_data,
+            (
+                Key("tile", _int(32), 320, "tile size in pixels"),
+                Key("overlap", _int(0), 64, "minimum overlap of neighbouring tiles in pixels"),
+                Key(
+                    "min_visibility",
+                    _float(0.0, 1.0),
+                    0.5,
+                    "keep a box in a tile if this share of it is inside",
+                ),
+                Key(
+                    "cache",
+                    _optional(Path),
+                    None,
+                    "cache folder (default: $REPARAM_CACHE or ~/.cache/reparam)",
+                ),
+                Key("force", _bool, False, "rebuild the tiles even if cached"),
+            ),
+        ),
+    )
+}
+
+
+def _epilog(cmd: Command) -> str:
+    width = max(len(k.name) for k in cmd.keys) + 1
+    lines = ["keys (key=value):"]
+    for k in cmd.keys:
+        if k.name in cmd.required:
+            default = "required"
+        elif k.default is None:
+            default = "optional"
+        else:
+            shown = ",".join(k.default) if isinstance(k.default, list) else k.default
+            default = f"default {shown}"
+        lines.append(f"  {k.name + '=':<{width}} {k.help} ({default})")
+    if cmd.extra_help:
+        lines.append(cmd.extra_help)
+    return "\n".join(lines)
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    from importlib.metadata import version
+
+    top = argparse.ArgumentParser(
+        prog="reparam",
+        description="Structural re-parameterization for PyTorch and Ultralytics YOLO. "
+        "Arguments are key=value pairs; `reparam <command> --help` lists them.",
+    )
+    top.add_argument("--version", action="version", version=f"reparam {version('reparam')}")
+    subs = top.add_subparsers(dest="command", metavar="command")
+    parsers = {}
+    for cmd in COMMANDS.values():
+        usage = " ".join([*cmd.positional, "[key=value ...]"])
+        sub = subs.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=cmd.help,
+            epilog=_epilog(cmd),
+            usage=f"reparam {cmd.name} {usage}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+        parsers[cmd.name] = sub
+    return top, parsers
+
+
+def parse_options(cmd: Command, tokens: Sequence[str]) -> dict[str, Any]:
+    """Turn ``key=value`` tokens (and bare words for positional keys) into typed options.
+
+    Raises ValueError naming the offending key or value.
+    """
+    keys = {k.name: k for k in cmd.keys}
+    extra = cmd.extra_keys() if cmd.extra_keys else {}
+    given: dict[str, Any] = {}
+    free = list(cmd.positional)
+    for tok in tokens:
+        if "=" in tok:
+            name, value = tok.split("=", 1)
+        elif free:
+            name, value = free[0], tok
+        else:
+            raise ValueError(f"unexpected argument {tok!r}: arguments are key=value pairs")
+        if name in given:
+            raise ValueError(f"key {name!r} is given twice")
+        if name in keys:
+            try:
+                given[name] = keys[name].parse(value)
+            except ValueError as e:
+                raise ValueError(f"bad value for {name}={value!r}: {e}") from None
+        elif name in extra:
+            from ultralytics.cfg import smart_value
+
+            given[name] = smart_value(value)
+        else:
+            raise ValueError(f"unknown key {name!r} for 'reparam {cmd.name}'; valid keys: {', '.join(keys)}")
+        if name in free:
+            free.remove(name)
+    missing = [k for k in cmd.required if k not in given]
+    if missing:
+        raise ValueError(f"missing required key {missing[0]}= (see reparam {cmd.name} --help)")
+    if extra:
+        from ultralytics.cfg import check_cfg
+
+        passed = {k: v for k, v in given.items() if k in extra and k not in keys}
+        try:
+            check_cfg(passed)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bad value: {e}") from None
+    return {k.name: k.default for k in cmd.keys if k.name not in given} | given
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``reparam`` console script; returns the process exit code."""
+    top, parsers = _parser()
+    ns, extras = top.parse_known_args(argv)
+    if ns.command is None:
+        if extras:
+            top.error(f"unrecognized arguments: {' '.join(extras)}")
+        top.print_help(sys.stderr)
+        return 2
+    cmd = COMMANDS[ns.command]
+    if extras:
+        parsers[cmd.name].error(
+            f"unrecognized arguments: {' '.join(extras)} (arguments are key=value pairs, e.g. imgsz=320)"
+        )
+    try:
+        options = parse_options(cmd, ns.args)
+    except ValueError as e:
+        parsers[cmd.name].error(str(e))
+    try:
+        return cmd.run(options)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"reparam {cmd.name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
