@@ -1,5 +1,6 @@
-"""Dataset preparation: tiny generated detection sets for tests and smoke runs."""
+"""Dataset preparation: the DeepForest default data set and tiny generated detection sets for tests."""
 
+from reparam.data.deepforest import prepare_deepforest
 from reparam.data.synthetic import make_synthetic_dataset
 
-__all__ = ["make_synthetic_dataset"]
+__all__ = ["make_synthetic_dataset", "prepare_deepforest"]
