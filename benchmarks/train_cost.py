@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from reparam.bench.train_cost import NETWORKS, format_train_cost, run_train_cost, write_train_cost_csv
+from reparam.bench.report import write_csv
+from reparam.bench.train_cost import NETWORKS, format_train_cost, run_train_cost
 
 PAPER = {"DBB": (0.241 / 0.086, 7.5 / 4.2), "OREPA": (0.120 / 0.086, 5.2 / 4.2)}
 """Paper figures, ResNet-18 on V100: (time per batch, GPU memory) as multiples of plain."""
@@ -47,7 +48,7 @@ def main() -> None:
                 f"  {r['network']}: OREPA {r['time_x_plain']}x plain, {r.get('time_x_dbb')}x DBB time; "
                 f"extra memory {r.get('extra_mem_x_dbb')}x DBB's"
             )
-    print(f"\nCSV: {write_train_cost_csv(rows, args.csv)}")
+    print(f"\nCSV: {write_csv(Path(args.csv), rows)}")
 
 
 if __name__ == "__main__":

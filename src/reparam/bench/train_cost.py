@@ -15,7 +15,6 @@ itself adds: activations kept for backward, gradients, optimizer state and tempo
 
 from __future__ import annotations
 
-import csv
 import multiprocessing as mp
 import statistics
 import time
@@ -37,7 +36,6 @@ __all__ = [
     "format_train_cost",
     "resnet18_like",
     "run_train_cost",
-    "write_train_cost_csv",
     "yolov8n_backbone",
 ]
 
@@ -305,17 +303,3 @@ def format_train_cost(rows: Sequence[dict[str, object]]) -> str:
     lines = ["  ".join(f"{c:>{widths[c]}}" for c in cols)]
     lines += ["  ".join(f"{r.get(c, '')!s:>{widths[c]}}" for c in cols) for r in rows]
     return "\n".join(lines)
-
-
-def write_train_cost_csv(rows: Sequence[dict[str, object]], path: str | Path) -> Path:
-    """Write the rows as CSV (columns from all rows, first-seen order); returns the path."""
-    path = Path(path)
-    cols: list[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
