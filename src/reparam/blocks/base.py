@@ -13,6 +13,7 @@ from torch import Tensor, nn
 __all__ = [
     "ReparamBlock",
     "autopad",
+    "check_centred_geometry",
     "check_divisible",
     "check_odd_kernel",
     "check_positive",
@@ -54,6 +55,25 @@ def check_odd_kernel(k: int) -> None:
     """Raise ValueError for an even kernel: branches are centred, which needs a centre tap."""
     if k % 2 == 0:
         raise ValueError(f"kernel size k={k} must be odd so that smaller branches can be centred")
+
+
+def check_centred_geometry(
+    c1: int, c2: int, k: int, s: int, p: int | None, g: int, d: int, family: str, dilation: bool = True
+) -> int:
+    """Validate a 'smaller branches centred in a kxk kernel' geometry and return the resolved padding.
+
+    ``dilation=False`` for families whose extra branches (pools, 1x1 chains) have no dilated form.
+    """
+    check_positive(c1=c1, c2=c2, k=k, s=s, g=g, d=d)
+    if not dilation and d != 1:
+        raise ValueError(f"dilation d={d} is not supported: {family}'s branches are undilated (use d=1)")
+    check_odd_kernel(k)
+    check_divisible(g, c1=c1, c2=c2)
+    p = autopad(k, p, d)
+    if p != d * (k // 2):
+        need = f"d*(k//2)={d * (k // 2)}" if dilation else f"k//2={k // 2}"
+        raise ValueError(f"padding p={p} must equal {need}: {family}'s branches are centred in the kxk")
+    return p
 
 
 class ReparamBlock(nn.Module):

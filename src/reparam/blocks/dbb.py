@@ -23,10 +23,8 @@ from reparam.algebra import (
 )
 from reparam.blocks.base import (
     ReparamBlock,
-    autopad,
+    check_centred_geometry,
     check_divisible,
-    check_odd_kernel,
-    check_positive,
     make_act,
 )
 from reparam.blocks.convbn import ConvBN
@@ -119,14 +117,7 @@ class DBB(ReparamBlock):
         d: int = 1,
         act: bool | nn.Module = True,
     ) -> None:
-        check_positive(c1=c1, c2=c2, k=k, s=s, g=g, d=d)
-        if d != 1:
-            raise ValueError(f"dilation d={d} is not supported: DBB's pool and 1x1 branches are undilated")
-        check_odd_kernel(k)
-        check_divisible(g, c1=c1, c2=c2)
-        p = autopad(k, p)
-        if p != k // 2:
-            raise ValueError(f"padding p={p} must equal k//2={k // 2}: DBB's branches are centred")
+        p = check_centred_geometry(c1, c2, k, s, p, g, d, "DBB", dilation=False)
         super().__init__(c1, c2, k, s, p, g, d, make_act(act))
         self.dbb_origin = ConvBN(c1, c2, k, s, p, g)
         self.dbb_1x1 = ConvBN(c1, c2, 1, s, 0, g) if g < c2 else None

@@ -31,9 +31,8 @@ from reparam.algebra import (
 )
 from reparam.blocks.base import (
     ReparamBlock,
-    autopad,
+    check_centred_geometry,
     check_divisible,
-    check_odd_kernel,
     check_positive,
     make_act,
 )
@@ -76,19 +75,6 @@ def frequency_prior(channels: int, k: int, dtype: torch.dtype = torch.float32) -
     rows = wave[:, :, None].expand(channels, k, k)  # varies with h
     cols = wave[:, None, :].expand(channels, k, k)  # varies with w
     return torch.where((i < half)[:, None, None], rows, cols).to(dtype).contiguous()
-
-
-def _check_orepa_geometry(c1: int, c2: int, k: int, s: int, p: int | None, g: int, d: int) -> int:
-    """Validate an OREPA-family geometry and return the padding (``k // 2``, no dilation)."""
-    check_positive(c1=c1, c2=c2, k=k, s=s, g=g, d=d)
-    if d != 1:
-        raise ValueError(f"dilation d={d} is not supported: OREPA's branches are undilated (use d=1)")
-    check_odd_kernel(k)
-    check_divisible(g, c1=c1, c2=c2)
-    p = autopad(k, p)
-    if p != k // 2:
-        raise ValueError(f"padding p={p} must equal k//2={k // 2}: OREPA's branches are centred")
-    return p
 
 
 class OREPAKernel(nn.Module):
@@ -295,7 +281,7 @@ class OREPA(ReparamBlock):
         act: bool | nn.Module = True,
         large: bool = False,
     ) -> None:
-        p = _check_orepa_geometry(c1, c2, k, s, p, g, d)
+        p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
         super().__init__(c1, c2, k, s, p, g, d, make_act(act))
         self.gen = OREPAKernel(c1, c2, k, g)
         self.bn = nn.BatchNorm2d(c2)
@@ -327,7 +313,7 @@ class OREPA_1x1(ReparamBlock):
         d: int = 1,
         act: bool | nn.Module = True,
     ) -> None:
-        p = _check_orepa_geometry(c1, c2, k, s, p, g, d)
+        p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
         if k != 1:
             raise ValueError(f"OREPA_1x1 needs kernel size k=1, got k={k} (use OREPA)")
         super().__init__(c1, c2, k, s, p, g, d, make_act(act))
@@ -384,7 +370,7 @@ class OREPA_LargeConv(ReparamBlock):
         d: int = 1,
         act: bool | nn.Module = True,
     ) -> None:
-        p = _check_orepa_geometry(c1, c2, k, s, p, g, d)
+        p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
         if k < 5:
             raise ValueError(f"OREPA_LargeConv needs kernel size k >= 5, got k={k} (use OREPA)")
         if g != 1:
@@ -427,7 +413,7 @@ class OREPARepVGG(ReparamBlock):
         d: int = 1,
         act: bool | nn.Module = True,
     ) -> None:
-        p = _check_orepa_geometry(c1, c2, k, s, p, g, d)
+        p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
         if k < 3:
             raise ValueError(f"OREPARepVGG needs kernel size k >= 3, got k={k}")
         super().__init__(c1, c2, k, s, p, g, d, make_act(act))

@@ -14,30 +14,13 @@ from reparam.algebra import (
 )
 from reparam.blocks.base import (
     ReparamBlock,
-    autopad,
-    check_divisible,
-    check_odd_kernel,
-    check_positive,
+    check_centred_geometry,
     make_act,
 )
 from reparam.blocks.convbn import ConvBN
 from reparam.blocks.registry import register_block
 
-__all__ = ["QARepVGGBlock", "RepVGGBlock", "check_rep_geometry"]
-
-
-def check_rep_geometry(c1: int, c2: int, k: int, s: int, p: int | None, g: int, d: int) -> int:
-    """Validate a 'kxk + 1x1 (+ identity)' geometry and return the resolved padding."""
-    check_positive(c1=c1, c2=c2, k=k, s=s, g=g, d=d)
-    check_odd_kernel(k)
-    check_divisible(g, c1=c1, c2=c2)
-    p = autopad(k, p, d)
-    if p != d * (k // 2):
-        raise ValueError(
-            f"padding p={p} must equal d*(k//2)={d * (k // 2)}: the 1x1 and identity branches are "
-            "centred in the kxk kernel"
-        )
-    return p
+__all__ = ["QARepVGGBlock", "RepVGGBlock"]
 
 
 @register_block("conv")
@@ -55,7 +38,7 @@ class RepVGGBlock(ReparamBlock):
         d: int = 1,
         act: bool | nn.Module = True,
     ) -> None:
-        p = check_rep_geometry(c1, c2, k, s, p, g, d)
+        p = check_centred_geometry(c1, c2, k, s, p, g, d, "RepVGG")
         super().__init__(c1, c2, k, s, p, g, d, make_act(act))
         self.rbr_dense = ConvBN(c1, c2, k, s, p, g, d)
         self.rbr_1x1 = ConvBN(c1, c2, 1, s, padding_for_branch(p, k, 1, d), g) if k > 1 else None
@@ -101,7 +84,7 @@ class QARepVGGBlock(ReparamBlock):
         act: bool | nn.Module = True,
         avg: bool = False,
     ) -> None:
-        p = check_rep_geometry(c1, c2, k, s, p, g, d)
+        p = check_centred_geometry(c1, c2, k, s, p, g, d, "QARepVGG")
         if avg and d != 1:
             raise ValueError(f"dilation d={d} is not supported with avg=True: the pool branch is undilated")
         super().__init__(c1, c2, k, s, p, g, d, make_act(act))
