@@ -174,6 +174,7 @@ def test_model_commands_on_a_zoo_model(
     assert main(["info", model, "imgsz=64"]) == 0
     out = capsys.readouterr().out
     assert "plain yolov8n.yaml" in out and "blocks: RepVGGBlock x5" in out
+    assert "deploy needs reparam" not in out  # converted RepVGG blocks all have a stock form
 
     assert main(["info", "yolov8n.yaml", "imgsz=64"]) == 0
     assert "(no plain counterpart: yolov8n.yaml is not a zoo model)" in capsys.readouterr().out
@@ -198,3 +199,9 @@ def test_model_commands_on_a_zoo_model(
     assert main(["bench", f"models={model}", "imgsz=64", "batch=2", "rounds=2", f"out={bench}"]) == 0
     assert {p.name for p in bench.iterdir()} == {"bench.md", "bench.csv", "latency_yolov8n-repvgg.png"}
     assert "| yolov8n-repvgg.yaml | converted |" in (bench / "bench.md").read_text()
+
+
+def test_info_names_blocks_without_a_stock_form(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "yolov10n-dynamicconv.yaml", "imgsz=64"]) == 0
+    out = capsys.readouterr().out
+    assert "no stock Ultralytics form after conversion (deploy needs reparam): DynamicConv" in out

@@ -53,6 +53,7 @@ from reparam.blocks.registry import registered_blocks
 from reparam.convert import VerifyReport, default_rtol, verify
 from reparam.data.deepforest import prepare_deepforest
 from reparam.yolo import ReparamDetectionTrainer, convert_model, deploy_checkpoint, plain_counterpart
+from reparam.yolo.deploy import reparam_globals, to_stock_modules
 
 __all__ = [
     "MAP_TOL",
@@ -148,11 +149,9 @@ def describe(model: str | Path, imgsz: int = 320) -> str:
         )
     used = blocks_used(forms["training form"])
     lines.append("blocks: " + (", ".join(f"{k} x{v}" for k, v in sorted(used.items())) or "none"))
-    left = blocks_used(forms["converted"])
+    left = reparam_globals(to_stock_modules(copy.deepcopy(forms["converted"])))
     if left:
-        lines.append(
-            "kept after conversion (no static form): " + ", ".join(f"{k} x{v}" for k, v in left.items())
-        )
+        lines.append("no stock Ultralytics form after conversion (deploy needs reparam): " + ", ".join(left))
     return "\n".join(lines)
 
 
