@@ -1,7 +1,5 @@
 """DBB: exact conversion (BN-and-pad borders included), branch structure, parameter counts, arguments."""
 
-import copy
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -107,19 +105,3 @@ def test_depthwise_block_has_the_reference_structure():
 def test_invalid_arguments_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
-
-
-def test_reparameterize_twice_equals_once_and_leaves_one_conv():
-    block = DBB(4, 8, 3, 2, g=2)
-    randomize_bn_(block, seed=5)
-    block.eval()
-    x = torch.randn(1, 4, 9, 8)
-    expected = block(x)
-    block.reparameterize()
-    once = copy.deepcopy(block.state_dict())
-    block.reparameterize()
-    assert set(block.state_dict()) == {"conv.weight", "conv.bias"}
-    for key, value in block.state_dict().items():
-        assert torch.equal(value, once[key])
-    assert [n for n, _ in block.named_children()] == ["act", "conv"]
-    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)

@@ -22,7 +22,6 @@ from reparam.blocks.orepa import (
     orepa_internal_width,
 )
 from reparam.blocks.registry import get_block
-from reparam.convert import randomize_bn_
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -276,29 +275,3 @@ def test_constructor_routes_by_kernel_size():
 def test_invalid_arguments_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: OREPA(4, 4),
-        lambda: OREPA(4, 6, 1),
-        lambda: OREPARepVGG(4, 4),
-        lambda: OREPA(4, 4, 5, large=True),
-    ],
-)
-def test_reparameterize_twice_equals_once_and_leaves_one_conv(make):
-    block = make()
-    randomize_bn_(block, seed=2)
-    block.eval()
-    x = torch.randn(1, 4, 9, 9)
-    expected = block(x)
-    block.reparameterize()
-    once = copy.deepcopy(block.state_dict())
-    block.reparameterize()
-    assert set(block.state_dict()) == {"conv.weight", "conv.bias"}
-    for key, value in block.state_dict().items():
-        assert torch.equal(value, once[key])
-    assert [n for n, _ in block.named_children()] == ["act", "conv"]
-    assert not list(block.buffers(recurse=False))
-    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)

@@ -1,7 +1,5 @@
 """RepVGGBlock and QARepVGGBlock: exact conversion, parameter counts, argument checks."""
 
-import copy
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -52,20 +50,6 @@ def test_block_converts_exactly(case, kind, seed):
 def _random_eval_block(block: nn.Module) -> nn.Module:
     randomize_bn_(block, seed=3)
     return block.eval()
-
-
-def test_reparameterize_twice_equals_once_and_keeps_only_one_conv():
-    block = _random_eval_block(RepVGGBlock(4, 4, 3))
-    x = torch.randn(1, 4, 8, 8)
-    expected = block(x)
-    block.reparameterize()
-    once = copy.deepcopy(block.state_dict())
-    block.reparameterize()
-    assert set(block.state_dict()) == {"conv.weight", "conv.bias"}
-    for key, value in block.state_dict().items():
-        assert torch.equal(value, once[key])
-    assert [n for n, _ in block.named_children()] == ["act", "conv"]
-    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls", [RepVGGBlock, QARepVGGBlock])
