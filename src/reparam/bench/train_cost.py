@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reparam.bench.profile import count_params
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.registry import get_block
 
@@ -260,7 +261,7 @@ def run_train_cost(
                 "imgsz": imgsz,
                 "batch": batch,
                 "block": label,
-                "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+                "params_M": round(count_params(model) / 1e6, 3),
                 "step_ms": round(med[label], 1),
                 "step_p10_ms": round(statistics.quantiles(samples[label], n=10)[0], 1)
                 if rounds > 1

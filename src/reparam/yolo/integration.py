@@ -40,6 +40,7 @@ from torch import nn
 
 import reparam.blocks
 from reparam.blocks.registry import BlockSpec, registered_blocks
+from reparam.models.yolov6 import scale_channels
 
 __all__ = ["CUSTOM_RULES", "patch_parse_model", "register_blocks", "register_safe_globals"]
 
@@ -49,13 +50,9 @@ SUPPORTED_RANGE = (
 _ORIGINAL = "_reparam_original_parse_model"
 
 
-def _make_divisible(x: float, divisor: int = 8) -> int:
-    """Ultralytics' channel rounding: the smallest multiple of ``divisor`` >= ``x``."""
-    return int(-(-x // divisor) * divisor)
-
-
 def _scaled(c2: int, width: float, max_channels: float) -> int:
-    return _make_divisible(min(c2, max_channels) * width, 8)
+    """Ultralytics' width rule: ``make_divisible(min(c2, max_channels) * width, 8)``."""
+    return scale_channels(min(c2, max_channels), width)
 
 
 def _multi_input_rule(
