@@ -201,25 +201,6 @@ def test_merge_1x1_kxk_rejects_bad_shapes():
 
 
 @FAST
-@given(conv_geometry(), st.integers(1, 3), DTYPES, st.integers(0, 2**16))
-def test_concat_branches_matches_cat_of_outputs(geo, extra, dtype, seed):
-    cin, cout, k, s, _, h, w = geo
-    gen = torch.Generator().manual_seed(seed)
-    a = (
-        torch.randn(cout, cin, k, k, generator=gen, dtype=dtype),
-        torch.randn(cout, generator=gen, dtype=dtype),
-    )
-    b = (
-        torch.randn(extra, cin, k, k, generator=gen, dtype=dtype),
-        torch.randn(extra, generator=gen, dtype=dtype),
-    )
-    x = torch.randn(1, cin, h, w, generator=gen, dtype=dtype)
-    weight, bias = algebra.concat_branches(a, b)
-    expected = torch.cat([F.conv2d(x, *a, s, k // 2), F.conv2d(x, *b, s, k // 2)], dim=1)
-    assert rel_err(F.conv2d(x, weight, bias, s, k // 2), expected) <= TOL[dtype]
-
-
-@FAST
 @given(
     st.integers(1, 3),
     st.integers(1, 3),

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +45,9 @@ def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["train", "m.yaml", "lr0=abc"], "bad value: .*lr0"),
         (["train", "m.yaml", "no_such_key=1"], "unknown key 'no_such_key' for 'reparam train'"),
         (["demo", "--epochs", "3"], "unrecognized arguments: --epochs"),
+        (["deploy", "m.pt", "overwrite=maybe"], "bad value for overwrite='maybe': must be True or False"),
+        (["verify", "m.pt", "trust=please"], "bad value for trust='please': must be True or False"),
+        (["export", "m.pt", "trust="], "bad value for trust='': must be True or False"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_problem(
@@ -50,7 +57,7 @@ def test_bad_arguments_exit_2_naming_the_problem(
 
     err = _fails(argv, capsys)
     assert re.search(message, err), err
-    assert f"usage: reparam {argv[0]}" in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"reparam {argv[0]}: error: "), err
 
 
 def test_no_command_prints_help_and_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,9 +86,16 @@ def test_parse_options_types_defaults_and_positionals() -> None:
         "randomize_bn": True,
         "rtol": 1e-9,
         "per_block": True,
+        "trust": False,
     }
     assert parse_options(COMMANDS["bench"], ["models=a.yaml, b.yaml"])["models"] == ["a.yaml", "b.yaml"]
-    assert parse_options(COMMANDS["deploy"], ["ckpt=x.pt", "out=None"]) == {"ckpt": Path("x.pt"), "out": None}
+    assert parse_options(COMMANDS["deploy"], ["ckpt=x.pt", "out=None"]) == {
+        "ckpt": Path("x.pt"),
+        "out": None,
+        "overwrite": False,
+        "trust": False,
+    }
+    assert parse_options(COMMANDS["deploy"], ["x.pt", "overwrite=yes", "trust=True"])["overwrite"] is True
     train = parse_options(
         COMMANDS["train"], ["m.yaml", "epochs=3", "lr0=0.02", "optimizer=SGD", "cos_lr=True"]
     )
@@ -94,26 +108,47 @@ def test_parse_options_types_defaults_and_positionals() -> None:
     assert train["data"] is None and train["imgsz"] == 320
 
 
+@pytest.mark.parametrize("name", ["demo", "train", "deploy", "verify", "export", "info", "bench"])
+def test_every_command_reading_a_checkpoint_has_trust_off_by_default(name: str) -> None:
+    keys = {k.name: k for k in COMMANDS[name].keys}
+    assert keys["trust"].default is False and keys["trust"].parse("True") is True
+
+
+def test_commands_writing_a_user_named_file_have_overwrite_off_by_default() -> None:
+    for name in ("deploy", "export"):
+        assert {k.name: k.default for k in COMMANDS[name].keys}["overwrite"] is False
+
+
 def test_demo_defaults_match_the_library_function() -> None:
-    from reparam.demo import run_demo
+    from reparam.app import run_demo
 
     params = inspect.signature(run_demo).parameters
     for key in COMMANDS["demo"].keys:
         assert str(params[key.name].default) == str(key.default), key.name
 
 
-def test_nothing_in_the_package_imports_the_cli() -> None:
+def _imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return names
+
+
+def test_imports_flow_one_way_core_yolo_app_cli() -> None:
+    """Nothing imports the CLI; the app layer is imported only by the CLI and by study/ (built on the
+    commands): the core, yolo/, bench/ and data/ never import it."""
     src = Path(cli.__file__).parent
     for path in src.rglob("*.py"):
-        if path.name == "cli.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                assert node.module != "reparam.cli" and not (
-                    node.module == "reparam" and "cli" in {a.name for a in node.names}
-                ), path
-            if isinstance(node, ast.Import):
-                assert "reparam.cli" not in {a.name for a in node.names}, path
+        rel = path.relative_to(src).as_posix()
+        imported = _imported_modules(path)
+        if rel != "cli.py":
+            assert not any(m == "reparam.cli" or m.startswith("reparam.cli.") for m in imported), rel
+        if not rel.startswith(("app/", "study/")) and rel != "cli.py":
+            assert not any(m == "reparam.app" or m.startswith("reparam.app.") for m in imported), rel
+    assert not (src / "demo.py").exists()
 
 
 def test_data_command_prepares_and_prints(
@@ -136,16 +171,16 @@ def test_data_command_prepares_and_prints(
 def test_train_command_passes_ultralytics_keys_through(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from reparam import demo
+    from reparam.app import TrainResult
 
     seen = {}
 
     def fake_train(progress, **kwargs):
         seen.update(kwargs)
         w = tmp_path / "weights"
-        return demo.TrainResult(tmp_path, w / "best.pt", w / "last.pt", tmp_path / "results.csv", tmp_path)
+        return TrainResult(tmp_path, w / "best.pt", w / "last.pt", tmp_path / "results.csv", tmp_path)
 
-    monkeypatch.setattr(demo, "train", fake_train)
+    monkeypatch.setattr(importlib.import_module("reparam.app.train"), "train", fake_train)
     assert main(["train", "yolov8n-orepa.yaml", "data=d.yaml", "epochs=2", "lr0=0.02", "close_mosaic=0"]) == 0
     assert seen == {
         "model": "yolov8n-orepa.yaml",
@@ -156,6 +191,7 @@ def test_train_command_passes_ultralytics_keys_through(
         "device": "cpu",
         "project": Path("runs/reparam"),
         "name": "train",
+        "trust": False,
         "lr0": 0.02,
         "close_mosaic": 0,
     }
@@ -179,7 +215,9 @@ def test_model_commands_on_a_zoo_model(
     assert main(["info", "yolov8n.yaml", "imgsz=64"]) == 0
     assert "(no plain counterpart: yolov8n.yaml is not a zoo model)" in capsys.readouterr().out
     assert main(["info", "missing.pt"]) == 2
-    assert "reparam info: error: model checkpoint missing.pt does not exist" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "reparam info: error: model checkpoint missing.pt does not exist (reparam never downloads weights)\n"
+    )
 
     assert main(["verify", model, "imgsz=64", "dtype=float64", "randomize_bn=True"]) == 0
     out = capsys.readouterr().out
@@ -205,3 +243,198 @@ def test_info_names_blocks_without_a_stock_form(capsys: pytest.CaptureFixture[st
     assert main(["info", "yolov10n-dynamicconv.yaml", "imgsz=64"]) == 0
     out = capsys.readouterr().out
     assert "no stock Ultralytics form after conversion (deploy needs reparam): DynamicConv" in out
+
+
+# ---------------------------------------------------------------- bad input: exit 2, one line, no traceback
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Ultralytics checkpoint of a small zoo model (untrained)."""
+    from ultralytics import YOLO
+
+    import reparam.yolo  # noqa: F401  (zoo YAML lookup)
+
+    path = tmp_path_factory.mktemp("ckpt") / "m.pt"
+    YOLO("yolov8n-repvgg.yaml").save(path)
+    return path
+
+
+def _bad_input(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``argv``; assert exit 2 and exactly one stderr line, which is returned."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err.strip()
+
+
+def _corrupt(kind: str, checkpoint: Path, tmp_path: Path) -> Path:
+    path = tmp_path / f"{kind}.pt"
+    if kind == "random":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "truncated":
+        data = checkpoint.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "not-a-checkpoint":
+        import torch
+
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "directory":
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("random", "is not a PyTorch checkpoint (no zip archive): truncated, corrupted or another format"),
+        ("truncated", "is not a PyTorch checkpoint (no zip archive)"),
+        ("not-a-checkpoint", "is not a readable Ultralytics checkpoint"),
+        ("directory", "is a directory"),
+    ],
+)
+@pytest.mark.parametrize("command", ["verify", "info", "deploy", "export"])
+def test_unreadable_model_files_exit_2_with_one_line(
+    command: str,
+    kind: str,
+    problem: str,
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = _corrupt(kind, checkpoint, tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    err = _bad_input([command, str(path)], capsys)
+    assert err.startswith(f"reparam {command}: error: ") and str(path) in err and problem in err, err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written next to the bad input
+
+
+def test_wrong_kind_of_model_argument_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    err = _bad_input(["verify", str(tmp_path / "notes.txt")], capsys)
+    assert "unsupported file type, expected a zoo name, a .yaml or a .pt file" in err
+    err = _bad_input(["info", "no-such-model.yaml"], capsys)
+    assert err == (
+        "reparam info: error: model no-such-model.yaml does not exist: not a file, a reparam zoo name or an "
+        "Ultralytics model YAML"
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_missing_data_yaml_exits_2_before_any_work(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = [] if command == "demo" else ["yolov8n-repvgg.yaml"]
+    err = _bad_input([command, *model, "data=missing.yaml", "epochs=1"], capsys)
+    assert err == f"reparam {command}: error: data YAML missing.yaml does not exist"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "d").mkdir()
+    err = _bad_input([command, *model, f"data={tmp_path / 'd'}"], capsys)
+    assert err.endswith("is a directory, expected a data YAML file")
+
+
+def test_debug_flag_and_env_show_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt is not a PyTorch checkpoint"):
+        main(["--debug", "verify", str(bad)])
+    monkeypatch.setenv("REPARAM_DEBUG", "1")
+    with pytest.raises(ValueError, match="bad.pt is not a PyTorch checkpoint"):
+        main(["verify", str(bad)])
+    monkeypatch.setenv("REPARAM_DEBUG", "0")
+    assert main(["verify", str(bad)]) == 2
+
+
+def test_imgsz_not_a_multiple_of_32_is_rounded_up_with_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "yolov8n-repvgg.yaml", "imgsz=100"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "reparam info: warning: imgsz=100 is not a multiple of the stride 32; using imgsz=128\n"
+    )
+    assert captured.out.startswith("yolov8n-repvgg.yaml at 128x128\n")
+    assert main(["info", "yolov8n-repvgg.yaml", "imgsz=64"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- fonts: no file written, no download
+
+
+def test_importing_reparam_writes_nothing_into_ultralytics_config(tmp_path: Path) -> None:
+    """Compared with importing Ultralytics alone, ``import reparam.yolo, reparam.app`` adds no file."""
+
+    def files_after(code: str, folder: Path) -> set[str]:
+        env = {**os.environ, "YOLO_CONFIG_DIR": str(folder)}
+        run = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 0, run.stderr
+        return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+    baseline = files_after("import ultralytics.utils.plotting", tmp_path / "plain")
+    ours = files_after("import reparam.yolo, reparam.app, reparam.cli", tmp_path / "reparam")
+    assert ours == baseline
+    assert not any(name.endswith(".ttf") for name in ours)
+
+
+def _refuse_downloads(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Make Ultralytics' downloader record and refuse every call (Annotator swallows exceptions)."""
+    from ultralytics.utils import downloads
+
+    calls: list[tuple] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise AssertionError("Ultralytics tried to download")
+
+    monkeypatch.setattr(downloads, "safe_download", refuse)
+    monkeypatch.setattr(downloads, "is_url", refuse)
+    return calls
+
+
+def test_plot_fonts_serve_dejavu_locally_and_only_inside_the_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    from ultralytics.data import utils as data_utils
+    from ultralytics.utils import checks, plotting
+
+    from reparam.app import plot_fonts
+
+    monkeypatch.setattr(checks, "USER_CONFIG_DIR", tmp_path)  # no font kept from earlier runs
+    calls = _refuse_downloads(monkeypatch)
+    original = plotting.check_font
+    with plot_fonts() as fallback, plot_fonts():
+        assert fallback.name == "DejaVuSans.ttf" and fallback.is_file()
+        for module in (checks, plotting, data_utils):
+            assert module.check_font("Arial.ttf").is_file()
+        annotator = plotting.Annotator(np.zeros((64, 64, 3), np.uint8), pil=True, example="tree")
+        annotator.box_label([2, 2, 40, 40], "tree")
+        assert Path(annotator.font.path).is_file()
+    assert calls == [] and list(tmp_path.iterdir()) == []
+    assert plotting.check_font is original and data_utils.check_font is original
+
+
+@pytest.mark.slow
+def test_training_with_plots_downloads_no_font(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ultralytics.utils import checks
+
+    from reparam.data.synthetic import make_synthetic_dataset
+
+    config = tmp_path / "config"
+    config.mkdir()
+    monkeypatch.setattr(checks, "USER_CONFIG_DIR", config)
+    calls = _refuse_downloads(monkeypatch)
+    data = make_synthetic_dataset(tmp_path / "data", n_train=4, n_val=2, imgsz=64)
+    argv = ["train", "yolov8n-repvgg.yaml", f"data={data}", "epochs=1", "imgsz=64", "batch=2"]
+    argv += [f"project={tmp_path / 'runs'}", "plots=True", "amp=False", "workers=0", "val=True"]
+    assert main(argv) == 0
+    run = tmp_path / "runs" / "train"
+    assert (run / "weights" / "best.pt").is_file()
+    assert any(run.glob("train_batch*.jpg"))  # Annotator drew labelled mosaics
+    assert calls == [] and list(config.iterdir()) == []

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import reparam
-from reparam.blocks import ConvBNAct, QARepVGGBlock, RepVGGBlock
+from reparam.blocks import ConvBNAct, QARepVGGBlock, ReparamBlock, RepVGGBlock
 from reparam.blocks.efficientrep import (
     BASIC_BLOCKS,
     BepC3,
@@ -63,6 +63,11 @@ def check_exact(
     return report
 
 
+def count_deployed_blocks(model: nn.Module) -> int:
+    """Converted multi-branch blocks (each now one conv + activation) in ``model``."""
+    return sum(isinstance(b, ReparamBlock) and b.deployed for b in model.modules())
+
+
 # ---------------------------------------------------------------- exact conversion of every block
 
 
@@ -80,9 +85,9 @@ def check_exact(
 def test_repblock_converts_exactly(c1, c2, n, block, act, dtype, hw, seed):
     torch.manual_seed(seed)
     m = RepBlock(c1, c2, n, block, act)
-    report = check_exact(m, torch.randn(2, c1, hw, hw + 1), dtype, seed)
+    check_exact(m, torch.randn(2, c1, hw, hw + 1), dtype, seed)
     if block != "ConvBNAct":
-        assert len(report.blocks) == n
+        assert count_deployed_blocks(reparam.reparameterize(m.eval())) == n
 
 
 @FAST
@@ -156,9 +161,17 @@ def test_reparameterize_twice_equals_once_for_containers():
     assert float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
 
 
-def test_containers_have_no_conversion_method_of_their_own():
-    for cls in (RepBlock, BottleRep, BepC3, SimSPPF, SimCSPSPPF, Transpose, BiC):
-        assert not hasattr(cls, "reparameterize"), cls
+def test_container_reparameterize_in_place_equals_whole_model_conversion():
+    m = BepC3(4, 6, 4, 0.5, "QARepVGGBlock").eval()
+    randomize_bn_(m, seed=3)
+    converted = reparam.reparameterize(m)
+    assert not m.deployed and converted.deployed
+    m.reparameterize()
+    assert m.deployed
+    want = converted.state_dict()
+    assert m.state_dict().keys() == want.keys()
+    for key, value in m.state_dict().items():
+        assert torch.equal(value, want[key]), key
 
 
 def test_transpose_upsamples_and_counts():
@@ -185,8 +198,7 @@ def test_basic_block_choice_by_name_and_class():
     assert isinstance(RepBlock(4, 4, 2, "QARepVGGBlock").conv1, QARepVGGBlock)
     assert isinstance(RepBlock(4, 4, 2, RepVGGBlock).block[0], RepVGGBlock)
     assert isinstance(BepC3(4, 4, 2, block="ConvBNAct").m[0].conv1, ConvBNAct)
-    assert isinstance(RepBlock(4, 4).conv1.act, nn.ReLU)
-    assert isinstance(RepBlock(4, 4, act="silu").conv1.act, nn.SiLU)
+    assert isinstance(RepBlock(4, 4, act="relu").conv1.act, nn.ReLU)
     assert isinstance(efficientrep_backbone("n", block="QARepVGGBlock").ERBlock_3[1].conv1, QARepVGGBlock)
 
 
@@ -196,6 +208,25 @@ def test_orepa_basic_block_converts_exactly():
     m = BepC3(4, 4, 2, 0.5, "OREPA")
     assert isinstance(m.m[0].conv1, orepa)
     check_exact(m, torch.randn(2, 4, 6, 6), torch.float64, seed=0)
+
+
+def test_every_block_defaults_to_the_model_activation_and_builders_keep_yolov6_relu():
+    for m in (
+        RepBlock(4, 4, 2),
+        BottleRep(4, 4),
+        BepC3(4, 4, 2),
+        SimSPPF(4, 4),
+        SimCSPSPPF(4, 4),
+        BiC([4, 4, 4], 4),
+    ):
+        acts = [a for a in m.modules() if isinstance(a, (nn.ReLU, nn.SiLU))]
+        assert acts and all(type(a) is nn.SiLU for a in acts), type(m).__name__
+    for variant in ("n", "s", "m"):
+        for model in (efficientrep_backbone(variant), reppan_neck(variant)):
+            acts = [a for a in model.modules() if isinstance(a, (nn.ReLU, nn.SiLU))]
+            assert acts and all(type(a) is nn.ReLU for a in acts), variant
+    large = [type(a) for a in efficientrep_backbone("l").modules() if isinstance(a, (nn.ReLU, nn.SiLU))]
+    assert set(large) == {nn.SiLU}
 
 
 # ---------------------------------------------------------------- invalid arguments
@@ -211,7 +242,20 @@ def test_orepa_basic_block_converts_exactly():
             "block must be one of RepVGGBlock, QARepVGGBlock, OREPA, ConvBNAct",
         ),
         (lambda: RepBlock(4, 4, 1, 3), "block must be one of"),
-        (lambda: RepBlock(4, 4, 1, "RepVGGBlock", "gelu"), r"act must be one of \['relu', 'silu'\]"),
+        (lambda: RepBlock(4, 4, 1, "RepVGGBlock", "foo"), "act='foo' is not an activation"),
+        (
+            lambda: RepBlock(4, 4, 1, True),
+            r"RepBlock got a C2f-style shortcut flag True in place of `block`; RepBlock has no shortcut: "
+            r"write the row as \[-1, n, RepBlock, \[c2\]\] or \[-1, n, RepBlock, \[c2, 'QARepVGGBlock'\]\]",
+        ),
+        (lambda: BottleRep(4, 4, False), "BottleRep got a C2f-style shortcut flag False in place of `block`"),
+        (
+            lambda: BepC3(4, 4, 1, True),
+            r"BepC3 got a C2f-style shortcut flag True in place of `e`.*\[c2, e\]",
+        ),
+        (lambda: RepBlock(4, "64"), "c2 must be a positive integer, got str '64'"),
+        (lambda: SimSPPF(4, 4, "5"), "k must be a positive integer, got str '5'"),
+        (lambda: SimCSPSPPF(4, 4, 5, "0.5"), "e must be a positive number, got str '0.5'"),
         (lambda: BottleRep(4, 4, "BepC3"), "block must be one of"),
         (lambda: BepC3(4, 4, 1, 0.0), "e must be a positive number"),
         (lambda: BepC3(4, 1, 1, 0.5), r"hidden channels int\(c2 \* e\)"),
@@ -272,8 +316,9 @@ def test_backbone_and_neck_shapes_and_strides(variant):
 
 def test_n_backbone_and_neck_convert_exactly_fp64():
     backbone = efficientrep_backbone("n")
-    report = check_exact(backbone, torch.randn(1, 3, 64, 64), torch.float64, seed=0)
-    assert len(report.blocks) == 1 + 4 + (2 + 4 + 6 + 2)  # RepVGG: stem, 4 downsamples, stage blocks
+    check_exact(backbone, torch.randn(1, 3, 64, 64), torch.float64, seed=0)
+    deploy = reparam.reparameterize(backbone.eval())
+    assert count_deployed_blocks(deploy) == 1 + 4 + (2 + 4 + 6 + 2)  # RepVGG: stem, 4 downsamples, stages
     neck = reppan_neck("n")
     feats = tuple(f.detach() for f in efficientrep_backbone("n").eval()(torch.randn(1, 3, 64, 64)))
     check_exact(neck, (feats,), torch.float64, seed=1, per_block=False)

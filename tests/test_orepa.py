@@ -18,10 +18,11 @@ from reparam.blocks.orepa import (
     OREPA_LargeConv,
     OREPAKernel,
     OREPARepVGG,
+    create_orepa,
     frequency_prior,
     orepa_internal_width,
 )
-from reparam.blocks.registry import get_block
+from reparam.blocks.registry import create_block, get_block
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -43,7 +44,7 @@ def orepa_case(draw):
 def _build(kind: str, c1: int, c2: int, k: int, s: int, g: int) -> nn.Module:
     if kind == "repvgg":
         return OREPARepVGG(c1, c2, k, s, g=g)
-    return OREPA(c1, c2, k, s, g=g, large=kind == "large")
+    return create_orepa(c1, c2, k, s, g=g, large=kind == "large")
 
 
 def _perturb_(module: nn.Module, seed: int) -> None:
@@ -128,7 +129,7 @@ class _ConvCounter:
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: OREPA(4, 6, 3, 2), lambda: OREPA(6, 6, 3, g=6), lambda: OREPA(4, 4, 1)]
+    "make", [lambda: OREPA(4, 6, 3, 2), lambda: OREPA(6, 6, 3, g=6), lambda: OREPA_1x1(4, 4)]
 )
 def test_training_forward_runs_exactly_one_convolution(monkeypatch, make):
     block = make().train()
@@ -141,7 +142,7 @@ def test_training_forward_runs_exactly_one_convolution(monkeypatch, make):
 
 
 def test_one_feature_map_convolution_per_block_in_a_stack(monkeypatch):
-    net = nn.Sequential(OREPA(3, 4, 3, 2), OREPA(4, 4), OREPA(4, 8, 7, large=True)).train()
+    net = nn.Sequential(OREPA(3, 4, 3, 2), OREPA(4, 4), OREPA_LargeConv(4, 8, 7)).train()
     block_inputs: list[torch.Tensor] = []
     for block in net:
         block.register_forward_pre_hook(lambda _m, args: block_inputs.append(args[0]))
@@ -193,8 +194,8 @@ def test_orepa_parameter_count_matches_the_reference_widths(c1, c2, k, g):
 
 
 def test_variant_parameter_counts():
-    assert _count(OREPA(8, 12, 1)) == 12 * 8 + 8 * 8 + 12 * 8 + 2 * 12 + 2 * 12  # T = min(c1, c2) = 8
-    assert _count(OREPA(12, 8, 1, g=2)) == 8 * 6 + 8 * 6 + 8 * 4 + 2 * 8 + 2 * 8  # T = 8, grouped
+    assert _count(OREPA_1x1(8, 12)) == 12 * 8 + 8 * 8 + 12 * 8 + 2 * 12 + 2 * 12  # T = min(c1, c2) = 8
+    assert _count(OREPA_1x1(12, 8, g=2)) == 8 * 6 + 8 * 6 + 8 * 4 + 2 * 8 + 2 * 8  # T = 8, grouped
     repvgg = OREPARepVGG(8, 8, 3, g=2)
     expected = _orepa_kernel_params(8, 8, 3, 2, branch_1x1=False) + 2 * 8  # kxk generator + BN
     expected += 8 * 4 + 2 * 8 + 2 * 8  # BN'd 1x1 and identity BN
@@ -240,13 +241,29 @@ def test_frequency_prior_is_the_dct_ii_basis():
     torch.testing.assert_close(fixed[2], F.pad(torch.ones(6, 1, 1), [1, 1, 1, 1]))
 
 
-def test_constructor_routes_by_kernel_size():
-    assert type(OREPA(4, 8, 1)) is OREPA_1x1
-    assert type(OREPA(4, 8, k=7, s=2, large=True)) is OREPA_LargeConv
-    assert type(OREPA(4, 8, 5)) is OREPA
-    assert type(get_block("OREPA")(4, 8, 1, 2)) is OREPA_1x1
+@pytest.mark.parametrize("build", [create_orepa, lambda *a, **kw: create_block("OREPA", *a, **kw)])
+def test_factory_picks_the_class_by_kernel_size(build):
+    assert type(build(4, 8, 1)) is OREPA_1x1
+    assert type(build(4, 8, 1, 2)) is OREPA_1x1
+    assert type(build(4, 8, k=7, s=2, large=True)) is OREPA_LargeConv
+    assert type(build(4, 8, 5)) is OREPA
+    assert type(build(4, 8)) is OREPA
     for name in ("OREPA", "OREPA_1x1", "OREPA_LargeConv", "OREPARepVGG"):
         assert get_block(name).__name__ == name
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "which"),
+    [((4, 8, 1), {}, "OREPA_1x1"), ((4, 8, 5), {"large": True}, "OREPA_LargeConv")],
+)
+def test_orepa_constructor_points_to_the_right_class(args, kwargs, which):
+    with pytest.raises(
+        ValueError, match=rf"is an {which}: build {which}\(\.\.\.\) directly, or .*create_orepa"
+    ):
+        OREPA(*args, **kwargs)
+
+
+def test_orepa_copies_and_pickles():
     block = OREPA(4, 4)
     assert type(copy.deepcopy(block)) is OREPA
     clone = pickle.loads(pickle.dumps(block))
@@ -262,10 +279,11 @@ def test_constructor_routes_by_kernel_size():
         (lambda: OREPA(4, 4, 3, d=2), "dilation d=2"),
         (lambda: OREPA(4, 6, 3, g=4), "c2=6 must be divisible by groups g=4"),
         (lambda: OREPA(3, 4, 3, g=2), "c1=3 must be divisible by groups g=2"),
-        (lambda: OREPA(4, 4, 3, large=True), "needs kernel size k >= 5"),
-        (lambda: OREPA(4, 4, 1, large=True), "large=True needs a kernel size k >= 5"),
-        (lambda: OREPA(4, 4, 1, d=2), "dilation d=2"),
-        (lambda: OREPA(4, 4, 5, g=2, large=True), "g=1 only"),
+        (lambda: create_orepa(4, 4, 3, large=True), "needs kernel size k >= 5"),
+        (lambda: create_orepa(4, 4, 1, large=True), "large=True needs a kernel size k >= 5"),
+        (lambda: create_orepa(4, 4, 1, large="yes"), "large must be True or False, got str 'yes'"),
+        (lambda: create_orepa(4, 4, 1, d=2), "dilation d=2"),
+        (lambda: create_orepa(4, 4, 5, g=2, large=True), "g=1 only"),
         (lambda: OREPA_1x1(4, 4, 3), "k=1"),
         (lambda: OREPARepVGG(4, 4, 1), "k >= 3"),
         (lambda: OREPARepVGG(4, 4, 3, d=2), "dilation d=2"),

@@ -113,7 +113,8 @@ def test_branch_structure_follows_the_papers():
         ({"c1": 4, "c2": 6, "k": 3, "g": 4}, "c2=6 must be divisible by groups g=4"),
         ({"c1": 0, "c2": 4}, "c1 must be a positive integer"),
         ({"c1": 4, "c2": 4, "s": 0}, "s must be a positive integer"),
-        ({"c1": 4, "c2": 4, "act": "relu"}, "act must be a bool or an nn.Module"),
+        ({"c1": 4, "c2": 4, "act": "swish"}, "act='swish' is not an activation"),
+        ({"c1": 4, "c2": "8"}, "c2 must be a positive integer, got str '8'"),
     ],
 )
 @pytest.mark.parametrize("cls", [RepVGGBlock, QARepVGGBlock])
@@ -125,6 +126,8 @@ def test_invalid_arguments_raise_value_error(cls, kwargs, message):
 def test_qarepvgg_v2_rejects_dilation():
     with pytest.raises(ValueError, match="dilation d=2 is not supported with avg=True"):
         QARepVGGBlock(4, 4, 3, d=2, avg=True)
+    with pytest.raises(ValueError, match="avg must be True or False, got str 'yes'"):
+        QARepVGGBlock(4, 4, 3, avg="yes")
 
 
 def test_equivalent_kernel_is_differentiable():

@@ -7,6 +7,8 @@ dtype of its inputs so that fp16 weights are folded without losing precision in 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,11 +18,11 @@ __all__ = [
     "avgpool_kernel",
     "bias_or_zeros",
     "compose_sequential",
-    "concat_branches",
     "fold_bn",
     "fold_bn_tensors",
     "identity_kernel",
     "merge_1x1_kxk",
+    "no_autocast",
     "pad_kernel",
     "padding_for_branch",
     "work_dtype",
@@ -34,6 +36,18 @@ def work_dtype(*tensors: Tensor | None) -> torch.dtype:
         if t is not None and t.dtype == torch.float64:
             dtype = torch.float64
     return dtype
+
+
+def no_autocast(ref: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``ref``'s device, so the algebra runs in the dtype it is given.
+
+    Why: autocast would run the convs and GEMMs below in fp16/bf16 even on fp32 kernels. Outside
+    autocast it is a no-op context (entering ``torch.autocast`` costs microseconds per call).
+    """
+    device = ref.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
 
 
 def bias_or_zeros(bias: Tensor | None, channels: int, like: Tensor) -> Tensor:
@@ -176,28 +190,17 @@ def merge_1x1_kxk(
         )
     dg, eg = d // groups, e // groups
     kernels = []
-    for gi in range(groups):
-        k1g = k1[gi * dg : (gi + 1) * dg].permute(1, 0, 2, 3)  # (I/g, D/g, 1, 1)
-        k2g = k2[gi * eg : (gi + 1) * eg]  # (E/g, D/g, k, k)
-        kernels.append(F.conv2d(k2g, k1g))
-    weight = torch.cat(kernels, dim=0)
     b1 = bias_or_zeros(b1, d, k1).to(dtype)
     b2 = bias_or_zeros(b2, e, k2).to(dtype)
-    b1_per_out = b1.reshape(groups, dg)
-    k2_sum = k2.sum(dim=(2, 3)).reshape(groups, eg, dg)
-    bias = torch.einsum("ged,gd->ge", k2_sum, b1_per_out).reshape(e) + b2
-    return weight, bias
-
-
-def concat_branches(*branches: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """Depth concatenation of parallel branches: kernels and biases stack along output channels."""
-    if not branches:
-        raise ValueError("concat_branches: at least one (kernel, bias) branch is required")
-    dtype = work_dtype(*(t for pair in branches for t in pair))
-    return (
-        torch.cat([w.to(dtype) for w, _ in branches], dim=0),
-        torch.cat([b.to(dtype) for _, b in branches], dim=0),
-    )
+    with no_autocast(k1):
+        for gi in range(groups):
+            k1g = k1[gi * dg : (gi + 1) * dg].permute(1, 0, 2, 3)  # (I/g, D/g, 1, 1)
+            k2g = k2[gi * eg : (gi + 1) * eg]  # (E/g, D/g, k, k)
+            kernels.append(F.conv2d(k2g, k1g))
+        b1_per_out = b1.reshape(groups, dg)
+        k2_sum = k2.sum(dim=(2, 3)).reshape(groups, eg, dg)
+        bias = torch.einsum("ged,gd->ge", k2_sum, b1_per_out).reshape(e) + b2
+    return torch.cat(kernels, dim=0), bias
 
 
 def compose_sequential(first: Tensor, second: Tensor) -> Tensor:
@@ -218,5 +221,6 @@ def compose_sequential(first: Tensor, second: Tensor) -> Tensor:
     k2 = second.shape[-1]
     # out[e, i] = sum_d full_corr(first[d, i], second[e, d]); computed as one conv over I as batch.
     x = first.permute(1, 0, 2, 3)  # (I, D, k1, k1)
-    y = F.conv2d(x, second.flip(-1, -2), padding=k2 - 1)  # (I, E, k1 + k2 - 1, ...)
+    with no_autocast(x):
+        y = F.conv2d(x, second.flip(-1, -2), padding=k2 - 1)  # (I, E, k1 + k2 - 1, ...)
     return y.permute(1, 0, 2, 3).contiguous()

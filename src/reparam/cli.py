@@ -1,23 +1,46 @@
-"""The ``reparam`` command: Ultralytics-style ``key=value`` arguments over the library.
+"""The ``reparam`` command: Ultralytics-style ``key=value`` arguments parsed here, work done by
+:mod:`reparam.app` (one module per command).
 
-Every subcommand has ``--help`` listing its keys and defaults. An unknown key or a bad value stops with a
-message naming it and exit code 2 (so does a ValueError or missing file raised by the library for the
-given arguments); a failed check (verify, demo) exits with 1. Heavy imports (torch, ultralytics) happen
-only when a command runs.
+Every subcommand has ``--help`` listing its keys and defaults. Exit codes: 0 success, 1 a check failed
+(verify, export, demo), 2 bad input: an unknown key or a bad value, or a ValueError / missing, unreadable or
+wrong-kind file raised by the app for the given arguments, printed as one line ``reparam <cmd>: error: ...``
+(``reparam --debug <cmd>`` or ``REPARAM_DEBUG=1`` shows the traceback instead). Warnings (e.g. ``imgsz``
+rounded up to the stride) print as one line on stderr. Heavy imports (torch, ultralytics) happen only when a
+command runs.
+
+Checkpoints are read without running code from them; a file that needs a class off the allow-list is
+refused (exit 2, naming it) unless the command line says ``trust=True`` (never taken from the environment).
+A file the user names as output is never replaced unless the command line says ``overwrite=True``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import pickle
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["BAD_INPUT", "COMMANDS", "main", "parse_options"]
 
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# Errors that mean "bad input" (exit 2, one line): bad values, missing or wrong-kind files, checkpoints
+# that cannot be unpickled. A failed check returns 1; anything else is a bug and shows its traceback.
+BAD_INPUT: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    EOFError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
 Parser = Callable[[str], Any]
 
 
@@ -77,6 +100,16 @@ def _names(v: str) -> list[str]:
     return items
 
 
+def _seeds(v: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in v.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError("must be a comma-separated list of integers >= 0") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError("must be a comma-separated list of distinct integers >= 0")
+    return seeds
+
+
 def _optional(parse: Parser) -> Parser:
     def wrapped(v: str) -> Any:
         return None if v.lower() == "none" else parse(v)
@@ -108,7 +141,8 @@ class Command:
     extra_help: str = ""
 
 
-def _say(msg: str) -> None:
+def _print(msg: str) -> None:
+    """The progress callback of every command: print at once (long runs report as they go)."""
     print(msg, flush=True)
 
 
@@ -116,64 +150,79 @@ def _say(msg: str) -> None:
 
 
 def _cmd_demo(o: dict[str, Any]) -> int:
-    from reparam.demo import run_demo
+    from reparam.app.demo import run_demo
 
-    result = run_demo(**o, progress=_say)
-    return 0 if result.ok else 1
+    return 0 if run_demo(**o, progress=_print).ok else 1
 
 
 def _cmd_data(o: dict[str, Any]) -> int:
-    from reparam.data.deepforest import prepare_deepforest
+    from reparam.app.data import prepare_data
 
-    ds = prepare_deepforest(
-        o["cache"], o["tile"], o["overlap"], o["min_visibility"], o["force"], progress=_say
-    )
-    _say(ds.summary())
+    prepare_data(**o, progress=_print)
     return 0
 
 
 def _cmd_train(o: dict[str, Any]) -> int:
-    from reparam.demo import train
+    from reparam.app.train import train
 
-    result = train(progress=_say, **o)
-    _say(f"weights: {result.best}\nconvert for deployment with: reparam deploy {result.best}")
+    result = train(progress=_print, **o)
+    _print(f"weights: {result.best}\nconvert for deployment with: reparam deploy {result.best}")
     return 0
 
 
 def _cmd_deploy(o: dict[str, Any]) -> int:
-    from reparam.demo import deploy
+    from reparam.app.deploy import deploy
 
-    _say(deploy(o["ckpt"], o["out"]))
+    _print(deploy(**o))
     return 0
 
 
 def _cmd_verify(o: dict[str, Any]) -> int:
-    from reparam.demo import verify_model
+    from reparam.app.verify import verify_model
 
     report = verify_model(**o)
-    _say(str(report))
+    _print(str(report))
     return 0 if report.ok else 1
 
 
 def _cmd_export(o: dict[str, Any]) -> int:
-    from reparam.demo import export_model
+    from reparam.app.export import export_model
 
     result = export_model(**o)
-    _say(result.summary())
+    _print(result.summary())
     return 0 if result.check is None or result.check.ok else 1
 
 
 def _cmd_info(o: dict[str, Any]) -> int:
-    from reparam.demo import describe
+    from reparam.app.info import describe
 
-    _say(describe(o["model"], o["imgsz"]))
+    _print(describe(**o))
     return 0
 
 
 def _cmd_bench(o: dict[str, Any]) -> int:
-    from reparam.demo import run_bench
+    from reparam.app.bench import run_bench
 
-    run_bench(**o, progress=_say)
+    run_bench(**o, progress=_print)
+    return 0
+
+
+def _cmd_adopt(o: dict[str, Any]) -> int:
+    from reparam.app.adopt import AdoptCheckError, adopt
+
+    try:
+        dst, report = adopt(**o)
+    except AdoptCheckError as e:  # a failed check, not bad input: nothing was written
+        _print(f"[FAIL] {e}")
+        return 1
+    _print(f"{report}\n\nwrote {dst}\nfine-tune with: reparam train model={dst} (data and imgsz as before)")
+    return 0
+
+
+def _cmd_study(o: dict[str, Any]) -> int:
+    from reparam.app.study import study
+
+    study(**o, progress=_print)
     return 0
 
 
@@ -184,6 +233,13 @@ def _ultralytics_keys() -> dict[str, Any]:
 
 
 _MODEL = "a zoo model (e.g. yolov8n-orepa.yaml), an Ultralytics YAML or a .pt checkpoint"
+_TRUST = Key(
+    "trust",
+    _bool,
+    False,
+    "load .pt files with full pickle, which runs code stored in them: only for files you trust "
+    "(else weights-only with reparam's allow-list)",
+)
 _IMGSZ = Key("imgsz", _int(32), 320, "image size in pixels")
 _DEVICE = Key("device", _text, "cpu", "torch device: cpu, 0, cuda:0, ...")
 _DATA = Key(
@@ -204,10 +260,16 @@ COMMANDS: dict[str, Command] = {
                 Key("epochs", _int(1), 30, "training epochs"),
                 _IMGSZ,
                 Key("batch", _int(1), 8, "training batch size (one optimizer step per batch)"),
-                Key("out", Path, Path("runs/reparam-demo"), "output folder (training run and report/)"),
+                Key(
+                    "out",
+                    Path,
+                    Path("runs/reparam-demo"),
+                    "output folder (training run, deploy/, report/); a re-run replaces the demo's files",
+                ),
                 _DEVICE,
                 Key("rounds", _int(1), 15, "latency rounds per candidate (medians over rounds)"),
                 Key("throughput_batch", _int(2), 8, "batch size of the throughput latency measurement"),
+                _TRUST,
             ),
         ),
         Command(
@@ -223,11 +285,13 @@ COMMANDS: dict[str, Command] = {
                 _DEVICE,
                 Key("project", Path, Path("runs/reparam"), "runs folder"),
                 Key("name", _text, "train", "run name inside project"),
+                _TRUST,
             ),
             positional=("model",),
             required=("model",),
             extra_keys=_ultralytics_keys,
-            extra_help="Any other Ultralytics train key (lr0=, optimizer=, seed=, ...) is passed through.",
+            extra_help="Any other Ultralytics train key (lr0=, optimizer=, seed=, ...) is passed through; "
+            "resume= and pretrained= checkpoints are read as model= is (trust= applies to them too).",
         ),
         Command(
             "deploy",
@@ -236,6 +300,8 @@ COMMANDS: dict[str, Command] = {
             (
                 Key("ckpt", Path, None, "training checkpoint (.pt)"),
                 Key("out", _optional(Path), None, "output path (default: <ckpt stem>-deploy.pt)"),
+                Key("overwrite", _bool, False, "replace the output file if it exists (else: refused)"),
+                _TRUST,
             ),
             positional=("ckpt",),
             required=("ckpt",),
@@ -252,6 +318,7 @@ COMMANDS: dict[str, Command] = {
                 Key("randomize_bn", _bool, False, "give BNs random statistics first (fresh models)"),
                 Key("rtol", _optional(_float(0.0, 1.0)), None, "max relative error (default by dtype)"),
                 Key("per_block", _bool, True, "also report every converted block"),
+                _TRUST,
             ),
             positional=("model",),
             required=("model",),
@@ -267,6 +334,13 @@ COMMANDS: dict[str, Command] = {
                 Key("dynamic", _bool, False, "dynamic batch and image size axes"),
                 Key("opset", _optional(_int(7)), None, "ONNX opset (default: Ultralytics' choice)"),
                 Key("check", _bool, True, "compare the ONNX file with PyTorch in onnxruntime"),
+                Key(
+                    "overwrite",
+                    _bool,
+                    False,
+                    "replace an existing export (written next to a .pt, or in the working folder for a YAML)",
+                ),
+                _TRUST,
             ),
             positional=("model",),
             required=("model",),
@@ -275,7 +349,7 @@ COMMANDS: dict[str, Command] = {
             "info",
             "params and FLOPs of the training and converted forms, and the blocks used",
             _cmd_info,
-            (Key("model", _text, None, _MODEL), _IMGSZ),
+            (Key("model", _text, None, _MODEL), _IMGSZ, _TRUST),
             positional=("model",),
             required=("model",),
         ),
@@ -291,7 +365,63 @@ COMMANDS: dict[str, Command] = {
                 Key("batch", _int(2), 8, "batch size of the throughput measurement (batch 1 is always run)"),
                 Key("rounds", _int(1), 20, "latency rounds per candidate (medians over rounds)"),
                 Key("train_cost", _bool, False, "also measure training step time and memory per block type"),
-                Key("out", Path, Path("runs/reparam-bench"), "report folder (Markdown, CSV, PNG)"),
+                Key(
+                    "out",
+                    Path,
+                    Path("runs/reparam-bench"),
+                    "report folder (Markdown, CSV, PNG; a re-run replaces the report files it wrote there)",
+                ),
+                _TRUST,
+            ),
+        ),
+        Command(
+            "adopt",
+            "start from trained weights: replace a checkpoint's Conv layers by re-param blocks that compute "
+            "the same function, and write a training checkpoint that fine-tunes",
+            _cmd_adopt,
+            (
+                Key("model", _text, None, "trained Ultralytics checkpoint (.pt) or model YAML"),
+                Key("to", _text, None, "block family: repvgg, qarepvgg, dbb, orepa or dynamic"),
+                Key(
+                    "where",
+                    _text,
+                    "zoo",
+                    "zoo (the Conv rows the zoo YAML replaces), all3x3 (every 3x3 Conv row) or row indices "
+                    "(0,1,3)",
+                ),
+                Key("out", _optional(Path), None, "output checkpoint (default: <model stem>-<to>.pt)"),
+                Key("overwrite", _bool, False, "replace the output file if it exists (else: refused)"),
+                _TRUST,
+            ),
+            positional=("model",),
+            required=("model", "to"),
+        ),
+        Command(
+            "study",
+            "does re-parameterization pay off? the same recipe for the plain model and each variant, "
+            "several seeds; mean ± std of the deploy form's metric (optionally INT8), cost, latency",
+            _cmd_study,
+            (
+                Key(
+                    "task",
+                    _choice("classification", "detection"),
+                    "classification",
+                    "classification (Fashion-MNIST, small CNN family) "
+                    "or detection (YOLOv8n zoo, tree-crown data)",
+                ),
+                Key("variants", _names, None, "comma-separated variants (default: all of the task)"),
+                Key("seeds", _seeds, [0, 1, 2], "comma-separated seeds, one run per variant and seed"),
+                Key(
+                    "epochs",
+                    _optional(_int(1)),
+                    None,
+                    "epochs per run (default 3 classification, 10 detection)",
+                ),
+                Key("int8", _bool, False, "also quantize each deploy form to INT8 (onnxruntime static PTQ)"),
+                _DEVICE,
+                Key("out", _optional(Path), None, "report folder (default runs/reparam-study/<task>)"),
+                Key("overwrite", _bool, False, "replace an existing report in out (else: refused)"),
+                Key("threads", _int(1), 1, "torch CPU threads (1 is fastest on a shared 2-core CPU)"),
             ),
         ),
         Command(
@@ -329,7 +459,7 @@ def _epilog(cmd: Command) -> str:
         elif k.default is None:
             default = "optional"
         else:
-            shown = ",".join(k.default) if isinstance(k.default, list) else k.default
+            shown = ",".join(map(str, k.default)) if isinstance(k.default, list) else k.default
             default = f"default {shown}"
         lines.append(f"  {k.name + '=':<{width}} {k.help} ({default})")
     if cmd.extra_help:
@@ -337,15 +467,25 @@ def _epilog(cmd: Command) -> str:
     return "\n".join(lines)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse with the CLI contract for bad input: ONE stderr line naming the problem, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from importlib.metadata import version
 
-    top = argparse.ArgumentParser(
+    top = _OneLineErrors(
         prog="reparam",
         description="Structural re-parameterization for PyTorch and Ultralytics YOLO. "
         "Arguments are key=value pairs; `reparam <command> --help` lists them.",
     )
     top.add_argument("--version", action="version", version=f"reparam {version('reparam')}")
+    top.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (also: REPARAM_DEBUG=1)"
+    )
     subs = top.add_subparsers(dest="command", metavar="command")
     parsers = {}
     for cmd in COMMANDS.values():
@@ -408,8 +548,28 @@ def parse_options(cmd: Command, tokens: Sequence[str]) -> dict[str, Any]:
     return {k.name: k.default for k in cmd.keys if k.name not in given} | given
 
 
+def _one_line(e: BaseException) -> str:
+    """The first line of an error message (the rest, e.g. a traceback hint, is behind ``--debug``)."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[0] + (" (--debug shows more)" if len(lines) > 1 else "")
+
+
+def _warnings_to_stderr(command: str) -> logging.Handler:
+    """Route the library's warnings (logger ``reparam``) to stderr as ``reparam <cmd>: warning: ...``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"reparam {command}: warning: %(message)s"))
+    logging.getLogger("reparam").addHandler(handler)
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``reparam`` console script; returns the process exit code."""
+    """Entry point of the ``reparam`` console script; returns the process exit code.
+
+    Bad input (unknown keys, bad values, unreadable or missing files) exits 2 with one line naming it; with
+    ``--debug`` or ``REPARAM_DEBUG=1`` the error is re-raised with its traceback.
+    """
     top, parsers = _parser()
     ns, extras = top.parse_known_args(argv)
     if ns.command is None:
@@ -426,11 +586,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parse_options(cmd, ns.args)
     except ValueError as e:
         parsers[cmd.name].error(str(e))
+    debug = ns.debug or os.environ.get("REPARAM_DEBUG", "").lower() in TRUE
+    handler = _warnings_to_stderr(cmd.name)
     try:
         return cmd.run(options)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"reparam {cmd.name}: error: {e}", file=sys.stderr)
+    except BAD_INPUT as e:
+        if debug:
+            raise
+        print(f"reparam {cmd.name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        logging.getLogger("reparam").removeHandler(handler)
 
 
 if __name__ == "__main__":

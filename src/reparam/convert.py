@@ -1,45 +1,42 @@
-"""Whole-model conversion (``reparameterize``) and its proof (``verify``).
+"""Whole-model conversion (``reparameterize``); its proof ``verify`` lives in :mod:`reparam.verification`.
 
-``reparameterize`` collapses every block that follows the conversion protocol (a ``reparameterize()``
-method as in reparam, timm and MobileOne, or the older ``switch_to_deploy()``) and folds the remaining
-Conv2d -> BatchNorm2d pairs.
-``verify`` runs the training and deploy forms side by side in eval mode and reports the error end to
-end and per converted block.
+``reparameterize`` asks every module one protocol: a ``deployed`` property and an idempotent in-place
+``reparameterize()``; a module answering it is converted iff it is not deployed yet. Foreign blocks
+(timm's MobileOne/RepVGG ``reparameterize()`` or the older ``switch_to_deploy()``, without ``deployed``)
+are converted by calling their method. Then the remaining Conv2d -> BatchNorm2d pairs are folded, but only
+where the forward is known to be sequential (plain ``nn.Sequential``, the Ultralytics ``Conv`` convention).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from reparam.algebra import fold_bn
+from reparam.blocks.base import answers_protocol, check_bool
 
-__all__ = [
-    "BlockError",
-    "VerifyReport",
-    "default_rtol",
-    "fold_conv_bn",
-    "randomize_bn_",
-    "reparameterize",
-    "verify",
-]
-
-_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
-def default_rtol(dtype: torch.dtype) -> float:
-    """Relative tolerance for an equivalence check in ``dtype`` (rounding, not conversion, dominates)."""
-    return _RTOL.get(dtype, 1e-4)
-
+# ``verify``, ``VerifyReport``, ``BlockError``, ``default_rtol`` and ``relative_error`` moved to
+# reparam.verification and stay importable from here through ``__getattr__`` below.
+__all__ = ["fold_conv_bn", "randomize_bn_", "reparameterize"]
 
 _METHODS = ("reparameterize", "switch_to_deploy")
+_VERIFICATION = ("BlockError", "VerifyReport", "default_rtol", "relative_error", "verify")
+_MAX_NAMES = 8
+
+
+def __getattr__(name: str) -> Any:
+    """``verify`` and its report live in :mod:`reparam.verification`; they stay importable from here."""
+    if name in _VERIFICATION:
+        from reparam import verification
+
+        return getattr(verification, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _conversion(module: nn.Module) -> Callable[[], object] | None:
@@ -51,8 +48,29 @@ def _conversion(module: nn.Module) -> Callable[[], object] | None:
     return None
 
 
-def _convertible(module: nn.Module) -> bool:
-    return _conversion(module) is not None
+def _is_deployed(module: nn.Module) -> bool:
+    """True only for protocol modules that say so; a foreign block cannot tell, so it is converted again."""
+    return answers_protocol(module) and bool(module.deployed)
+
+
+def _top_blocks(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """The top-most modules that have a conversion method, with their qualified names ('' for the root)."""
+    if _conversion(model) is not None:
+        yield prefix, model
+        return
+    for name, child in model.named_children():
+        yield from _top_blocks(child, f"{prefix}.{name}" if prefix else name)
+
+
+def _refuse_torchscript(model: nn.Module) -> None:
+    """TypeError when ``model`` or a submodule is TorchScript (scripted or traced): its code is frozen."""
+    for name, module in [("", model)] if isinstance(model, torch.jit.ScriptModule) else model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            where = f"model.{name}" if name else "model"
+            raise TypeError(
+                f"{where} is a TorchScript module ({type(module).__name__}): reparam converts the eager "
+                "nn.Module; convert first, then script/trace the converted model"
+            )
 
 
 def _fused_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -83,19 +101,31 @@ def _foldable(conv: Any, bn: Any) -> bool:
     )
 
 
+def _fold_scope(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` and its descendants, except inside protocol blocks not yet converted (their branches'
+    BNs belong to their own ``reparameterize()``)."""
+    yield module
+    if answers_protocol(module) and not module.deployed:
+        return
+    for child in module.children():
+        yield from _fold_scope(child)
+
+
 @torch.no_grad()
 def fold_conv_bn(model: nn.Module) -> int:
-    """Fold Conv2d -> BatchNorm2d pairs in place; returns how many were folded.
+    """Fold Conv2d -> BatchNorm2d pairs in place where the forward is known to be sequential; count them.
 
-    Known containers: ``nn.Sequential`` (adjacent children, the BN becomes ``nn.Identity``) and modules
-    with ``conv``, ``bn`` and ``forward_fuse`` (the Ultralytics ``Conv`` convention: the BN is removed
-    and ``forward`` switches to ``forward_fuse``).
+    Known containers: an ``nn.Sequential`` whose class keeps ``nn.Sequential.forward`` (adjacent children;
+    the BN becomes ``nn.Identity``) and modules with ``conv``, ``bn`` and ``forward_fuse`` (the Ultralytics
+    ``Conv`` convention: the BN is removed and ``forward`` switches to ``forward_fuse``). A Sequential
+    subclass with its own ``forward`` may use its children in any way, so it is left alone.
     """
     folded = 0
-    for module in list(model.modules()):
+    for module in list(_fold_scope(model)):
         if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for a, b in itertools.pairwise(names):
+            if type(module).forward is not nn.Sequential.forward:
+                continue
+            for a, b in itertools.pairwise(list(module._modules)):
                 conv, bn = module._modules[a], module._modules[b]
                 if _foldable(conv, bn):
                     module._modules[a] = _fused_conv(conv, bn)
@@ -111,13 +141,83 @@ def fold_conv_bn(model: nn.Module) -> int:
     return folded
 
 
-def _convert_tree(module: nn.Module) -> None:
+def _convert_tree(module: nn.Module, name: str) -> None:
     """Convert ``module`` first (it may read its children's branches), then whatever children remain."""
     method = _conversion(module)
-    if method is not None:
+    if method is not None and not _is_deployed(module):
         method()
-    for child in list(module.children()):
-        _convert_tree(child)
+        if answers_protocol(module) and not module.deployed:
+            raise RuntimeError(
+                f"{name or '<model>'} ({type(module).__name__}).reparameterize() returned but the module "
+                "still reports deployed=False: the block breaks the conversion protocol"
+            )
+    for child_name, child in list(module.named_children()):
+        _convert_tree(child, f"{name}.{child_name}" if name else child_name)
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_NAMES])
+    return shown + (f" and {len(items) - _MAX_NAMES} more" if len(items) > _MAX_NAMES else "")
+
+
+def _holds_conv(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+
+
+def _looks_reparameterizable(module: nn.Module) -> bool:
+    """A user class (not from torch) without a conversion method holding two or more conv-bearing children:
+    the shape of a multi-branch block that nobody taught to convert."""
+    return (
+        not type(module).__module__.startswith("torch.")
+        and _conversion(module) is None
+        and sum(_holds_conv(c) for c in module.children()) >= 2
+    )
+
+
+def _suspects(model: nn.Module) -> list[str]:
+    """The innermost modules that look re-parameterizable but lack a conversion method, as 'name (Class)'."""
+    found = {name: m for name, m in model.named_modules() if _looks_reparameterizable(m)}
+    inner = [n for n in found if not any(o != n and (n == "" or o.startswith(f"{n}.")) for o in found)]
+    return [f"{n or '<model>'} ({type(found[n]).__name__})" for n in inner]
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """What one in-place conversion did: top-most blocks converted, blocks already deployed, Conv-BN folds."""
+
+    converted: tuple[str, ...]
+    already_deployed: tuple[str, ...]
+    bn_folds: int
+    suspects: tuple[str, ...]
+
+    @property
+    def nothing_converted(self) -> str | None:
+        """Why nothing was converted (no block converted, no Conv-BN fold), or None if something was."""
+        if self.converted or self.bn_folds:
+            return None
+        if self.already_deployed:
+            return (
+                "nothing was converted: every re-parameterizable block is already deployed "
+                f"({_names(list(self.already_deployed))}) and no Conv->BN pair is left to fold"
+            )
+        why = "nothing was converted: the model has no re-parameterizable block and no Conv->BN pair"
+        if self.suspects:
+            why += (
+                "; modules that look re-parameterizable (two or more conv branches) but lack "
+                f"reparameterize(): {_names(list(self.suspects))}"
+            )
+        return why
+
+
+def _convert(model: nn.Module) -> _Conversion:
+    """Convert ``model`` in place (blocks, then Conv-BN folds) and say what was done."""
+    tops = [(n or "<model>", _is_deployed(m)) for n, m in _top_blocks(model)]
+    converted = tuple(n for n, deployed in tops if not deployed)
+    _convert_tree(model, "")
+    folds = fold_conv_bn(model)
+    # Only asked when nothing changed, so the model is still the one the user gave.
+    suspects = () if converted or folds else tuple(_suspects(model))
+    return _Conversion(converted, tuple(n for n, deployed in tops if deployed), folds, suspects)
 
 
 def reparameterize(model: nn.Module, inplace: bool = False, allow_train: bool = False) -> nn.Module:
@@ -125,18 +225,19 @@ def reparameterize(model: nn.Module, inplace: bool = False, allow_train: bool = 
 
     Returns a converted deep copy (or ``model`` itself with ``inplace=True``). A model in training mode
     is refused unless ``allow_train=True``: its BN statistics are still moving, so the deploy form
-    would freeze a state that the training model no longer has.
+    would freeze a state that the training model no longer has. TorchScript models are refused.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _refuse_torchscript(model)
+    check_bool(inplace=inplace, allow_train=allow_train)
     if model.training and not allow_train:
         raise ValueError(
             "model is in training mode: call model.eval() before converting "
             "(or pass allow_train=True to convert with the current running statistics)"
         )
     target = model if inplace else copy.deepcopy(model)
-    _convert_tree(target)
-    fold_conv_bn(target)
+    _convert(target)
     return target
 
 
@@ -159,207 +260,3 @@ def randomize_bn_(model: nn.Module, seed: int = 0) -> int:
                 m.bias.copy_(rand(-0.5, 0.5))
             count += 1
     return count
-
-
-def _tensors(out: Any) -> list[Tensor]:
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, Sequence) and not isinstance(out, str):
-        return [t for item in out for t in _tensors(item)]
-    return []
-
-
-def _errors(ref: Any, got: Any) -> tuple[float, float]:
-    a, b = _tensors(ref), _tensors(got)
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
-        return math.inf, math.inf
-    if not a:
-        return 0.0, 0.0
-    pairs = zip(a, b, strict=True)
-    max_abs = max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in pairs)
-    scale = max(float(x.double().abs().max()) if x.numel() else 0.0 for x in a)
-    return max_abs, max_abs / max(scale, torch.finfo(torch.float64).tiny)
-
-
-@dataclass
-class BlockError:
-    """Equivalence of one converted block, measured on the input it saw inside the model."""
-
-    name: str
-    kind: str
-    max_abs: float
-    max_rel: float
-    ok: bool
-
-
-@dataclass
-class VerifyReport:
-    """Outcome of :func:`verify`: end-to-end error, per-block rows and, on failure, likely causes."""
-
-    ok: bool
-    max_abs: float
-    max_rel: float
-    rtol: float
-    dtype: torch.dtype
-    blocks: list[BlockError] = field(default_factory=list)
-    hints: list[str] = field(default_factory=list)
-
-    @property
-    def worst_block(self) -> BlockError | None:
-        """The block with the largest relative error, if any block was converted."""
-        return max(self.blocks, key=lambda r: r.max_rel, default=None)
-
-    def table(self) -> str:
-        """The report as a fixed-width text table, end-to-end row last."""
-        rows = [(r.name or "<model>", r.kind, r.max_abs, r.max_rel, r.ok) for r in self.blocks]
-        rows.append(
-            ("END-TO-END", str(self.dtype).replace("torch.", ""), self.max_abs, self.max_rel, self.ok)
-        )
-        w = max(len(r[0]) for r in rows)
-        k = max(len(r[1]) for r in rows)
-        lines = [f"{'block':<{w}}  {'type':<{k}}  {'max_abs':>10}  {'max_rel':>10}  ok"]
-        lines += [
-            f"{n:<{w}}  {t:<{k}}  {a:>10.3e}  {r:>10.3e}  {'yes' if o else 'NO'}" for n, t, a, r, o in rows
-        ]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        head = (
-            f"verify: {'PASS' if self.ok else 'FAIL'} — {len(self.blocks)} blocks converted, "
-            f"max_abs={self.max_abs:.3e}, max_rel={self.max_rel:.3e} (rtol {self.rtol:.0e}, {self.dtype})"
-        )
-        parts = [head, self.table(), *(f"hint: {h}" for h in self.hints)]
-        return "\n".join(parts)
-
-
-def _make_inputs(model: nn.Module, inputs: Any, input_shape: Sequence[int], seed: int) -> Any:
-    if inputs is not None:
-        return inputs
-    ref = next(model.parameters(), None)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(*input_shape, generator=gen, dtype=torch.float64)
-    return x.to(device=ref.device if ref is not None else "cpu", dtype=ref.dtype if ref is not None else None)
-
-
-def _cast(obj: Any, dtype: torch.dtype | None) -> Any:
-    if dtype is None:
-        return obj
-    if isinstance(obj, Tensor):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, tuple | list):
-        return type(obj)(_cast(o, dtype) for o in obj)
-    return obj
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
-
-
-def _capture_block_inputs(model: nn.Module, inputs: Any) -> tuple[Any, dict[str, tuple]]:
-    """Run ``model`` once, recording the positional inputs of every top-level convertible block."""
-    seen: dict[str, tuple] = {}
-    handles = []
-    for name, module in _top_convertible(model):
-
-        def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
-            seen.setdefault(name, tuple(a.detach().clone() if isinstance(a, Tensor) else a for a in args))
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        out = _call(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return out, seen
-
-
-def _top_convertible(model: nn.Module, prefix: str = "") -> Iterable[tuple[str, nn.Module]]:
-    if _convertible(model):
-        yield prefix, model
-        return
-    for name, child in model.named_children():
-        yield from _top_convertible(child, f"{prefix}.{name}" if prefix else name)
-
-
-@torch.no_grad()
-def verify(
-    model: nn.Module,
-    inputs: Tensor | tuple | None = None,
-    *,
-    input_shape: Sequence[int] = (1, 3, 64, 64),
-    dtype: torch.dtype | None = None,
-    randomize_bn: bool = False,
-    rtol: float | None = None,
-    per_block: bool = True,
-    seed: int = 0,
-) -> VerifyReport:
-    """Prove that converting ``model`` keeps its function: train form vs deploy form, both in eval().
-
-    Works on copies; ``model`` is untouched. ``dtype`` casts model and inputs (float64 for a strict
-    check); ``randomize_bn`` gives BNs random statistics first so that fresh models are not trivially
-    equal. Relative error is ``max|deploy - train| / max|train|``.
-    """
-    if rtol is not None and not rtol > 0:
-        raise ValueError(f"rtol must be a positive float, got {rtol!r}")
-    if len(input_shape) < 1 or any(int(s) < 1 for s in input_shape):
-        raise ValueError(f"input_shape must be a sequence of positive sizes, got {tuple(input_shape)}")
-    was_training = model.training
-    train_form = copy.deepcopy(model)
-    if dtype is not None:
-        train_form = train_form.to(dtype)
-    train_form.eval()
-    if randomize_bn:
-        randomize_bn_(train_form, seed)
-    x = _cast(_make_inputs(train_form, inputs, input_shape, seed), dtype)
-    ref_param = next(train_form.parameters(), None)
-    work = dtype or (ref_param.dtype if ref_param is not None else torch.float32)
-    tol = default_rtol(work) if rtol is None else rtol
-
-    ref, block_inputs = _capture_block_inputs(train_form, x)
-    rows: list[BlockError] = []
-    if per_block:
-        for name, block in _top_convertible(train_form):
-            if name not in block_inputs:
-                continue
-            args = block_inputs[name]
-            before = block(*args)
-            converted = reparameterize(block, allow_train=False)
-            a, r = _errors(before, converted(*args))
-            rows.append(BlockError(name, type(block).__name__, a, r, r <= tol))
-    deploy = reparameterize(train_form)
-    max_abs, max_rel = _errors(ref, _call(deploy, x))
-    ok = max_rel <= tol and all(r.ok for r in rows)
-    report = VerifyReport(ok, max_abs, max_rel, tol, work, rows)
-    if not ok:
-        report.hints = _hints(report, was_training, work)
-    return report
-
-
-def _hints(report: VerifyReport, was_training: bool, dtype: torch.dtype) -> list[str]:
-    hints = []
-    if dtype in (torch.float16, torch.bfloat16):
-        hints.append(
-            f"{dtype} rounding dominates the comparison: verify in float32 or float64 (dtype=torch.float64)"
-        )
-    if was_training:
-        hints.append(
-            "the model was in train mode: its BN statistics change with every batch; convert and "
-            "compare only after model.eval() (verify compares eval forms, not train mode)"
-        )
-    bad = [r for r in report.blocks if not r.ok]
-    if bad:
-        worst = max(bad, key=lambda r: r.max_rel)
-        hints.append(
-            f"{len(bad)} block(s) do not convert exactly; worst: {worst.name} ({worst.kind}, "
-            f"max_rel={worst.max_rel:.3e}): check its equivalent_kernel_bias()"
-        )
-    elif report.blocks:
-        hints.append(
-            "every block converts exactly on its own: the end-to-end gap comes from accumulation "
-            "(compare in float64) or from modules outside the blocks that behave differently"
-        )
-    if not report.blocks:
-        hints.append("no re-parameterizable block was found in the model")
-    return hints

@@ -1,4 +1,4 @@
-"""DynamicConv measures: FLOPs (and the correction to Ultralytics' thop-based GFLOPs), latency vs timm."""
+"""DynamicConv measures: MACs per part (what Ultralytics' GFLOPs count for it) and latency vs timm."""
 
 from __future__ import annotations
 
@@ -11,21 +11,60 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reparam.bench.latency import Timing, compare_latency
-from reparam.blocks.dynamic import DynamicConv, DynamicConvMacs, dynamic_conv_macs
+from reparam.blocks.dynamic import DynamicConv
 
 __all__ = [
     "YOLO_LAYERS",
     "CondConvReference",
+    "DynamicConvMacs",
     "DynamicLatencyRow",
     "LayerShape",
     "OnnxLatencyRow",
     "compare_dynamic_latency",
     "compare_dynamic_onnx_latency",
+    "dynamic_conv_macs",
     "dynamic_layer_macs",
     "format_dynamic_latency",
     "format_onnx_latency",
-    "thop_gflops_correction",
 ]
+
+
+@dataclass(frozen=True)
+class DynamicConvMacs:
+    """Multiply-accumulates of one DynamicConv call, by part. FLOPs (Ultralytics' convention) = 2 * MACs."""
+
+    pool: int
+    router: int
+    aggregate: int
+    conv: int
+
+    @property
+    def total(self) -> int:
+        """All MACs of the layer."""
+        return self.pool + self.router + self.aggregate + self.conv
+
+
+def dynamic_conv_macs(m: DynamicConv, input_shape: tuple[int, int, int, int]) -> DynamicConvMacs:
+    """MACs of ``m`` on an input ``(B, c1, H, W)``: GAP, router Linear, expert aggregation, and the conv.
+
+    Both algorithms aggregate then convolve: the conv part equals a static conv of the same shape (as a
+    matmul in ``unfold``), aggregation is ``B*E*c2*(c1/g)*k*k`` (+ ``B*E*c2`` for an expert bias); the
+    im2col copy of ``unfold`` is not counted. Ultralytics' printed GFLOPs count this total once
+    ``reparam.yolo`` is imported (its thop rule, :mod:`reparam.bench.macs`).
+    """
+    b, c, h, w = input_shape
+    if c != m.c1:
+        raise ValueError(f"input has {c} channels, the layer expects c1={m.c1}")
+    ho = (h + 2 * m.p - m.d * (m.k - 1) - 1) // m.s + 1
+    wo = (w + 2 * m.p - m.d * (m.k - 1) - 1) // m.s + 1
+    e = m.num_experts
+    aggregate = b * e * m.c2 * m.fan_in + (b * e * m.c2 if m.bias is not None else 0)
+    return DynamicConvMacs(
+        pool=b * c * h * w,
+        router=b * e * c,
+        aggregate=aggregate,
+        conv=b * m.c2 * m.fan_in * ho * wo,
+    )
 
 
 @torch.no_grad()
@@ -49,18 +88,6 @@ def dynamic_layer_macs(model: nn.Module, x: Tensor) -> dict[str, DynamicConvMacs
             h.remove()
         model.train(was_training)
     return found
-
-
-def thop_gflops_correction(model: nn.Module, imgsz: int | tuple[int, int] = 640, channels: int = 3) -> float:
-    """GFLOPs to ADD to Ultralytics' printed GFLOPs for a model with DynamicConv layers (batch 1).
-
-    thop counts each layer's router and expert aggregation but misses its ``F.conv2d`` and pooling;
-    this returns ``2 * sum(thop_missing) / 1e9`` at ``imgsz``, Ultralytics' FLOPs = 2 * MACs convention.
-    """
-    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
-    ref = next(model.parameters())
-    x = torch.zeros(1, channels, h, w, dtype=ref.dtype, device=ref.device)
-    return 2 * sum(m.thop_missing for m in dynamic_layer_macs(model, x).values()) / 1e9
 
 
 @dataclass(frozen=True)

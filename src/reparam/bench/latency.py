@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from reparam.text import Progress, say, text_table
+
 __all__ = ["Timing", "compare_latency", "format_ratios"]
 
 
@@ -40,7 +42,7 @@ def compare_latency(
     rounds: int = 30,
     calls_per_round: int = 3,
     warmup: int = 3,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Time every candidate on ``x`` in interleaved rounds; returns medians per call in ms.
@@ -74,8 +76,8 @@ def compare_latency(
                 fn(x)
             _sync(x)
             samples[n].append((clock() - t0) * 1e3 / calls_per_round)
-        if progress is not None and (r + 1) % max(1, rounds // 5) == 0:
-            progress(f"  round {r + 1}/{rounds}")
+        if (r + 1) % max(1, rounds // 5) == 0:
+            say(progress, f"  round {r + 1}/{rounds}")
     out = {}
     for n, s in samples.items():
         q = statistics.quantiles(s, n=10) if len(s) > 1 else [s[0]] * 9
@@ -84,14 +86,18 @@ def compare_latency(
 
 
 def format_ratios(timings: Mapping[str, Timing], baseline: str) -> str:
-    """A text table of medians and their ratio to ``baseline``."""
+    """A text table of medians, spread and their ratio to ``baseline``."""
     if baseline not in timings:
         raise ValueError(f"baseline {baseline!r} is not among the timed candidates {list(timings)}")
     base = timings[baseline]
-    w = max(len(n) for n in timings)
-    lines = [f"{'model':<{w}}  {'median ms':>10}  {'p10':>8}  {'p90':>8}  {'vs ' + baseline:>12}"]
-    for n, t in timings.items():
-        lines.append(
-            f"{n:<{w}}  {t.median_ms:>10.3f}  {t.p10_ms:>8.3f}  {t.p90_ms:>8.3f}  {t.ratio_to(base):>12.3f}"
-        )
-    return "\n".join(lines)
+    rows = [
+        {
+            "model": n,
+            "median ms": f"{t.median_ms:.3f}",
+            "p10": f"{t.p10_ms:.3f}",
+            "p90": f"{t.p90_ms:.3f}",
+            f"vs {baseline}": f"{t.ratio_to(base):.3f}",
+        }
+        for n, t in timings.items()
+    ]
+    return text_table(rows)

@@ -7,7 +7,7 @@ kernels (OREPA's online kernel generation, DynamicConv's per-sample experts) are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from reparam.bench.latency import Timing, compare_latency
+from reparam.text import Progress, say, text_table
 
 __all__ = ["FormProfile", "count_flops", "count_params", "format_profiles", "profile_forms", "profile_rows"]
 
@@ -52,7 +53,7 @@ def profile_forms(
     imgsz: int,
     batches: Sequence[int] = (1, 8),
     rounds: int = 20,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[FormProfile]:
     """Params, GFLOPs and latency (interleaved side by side, per batch size) of every form in ``forms``."""
     if not forms:
@@ -63,8 +64,7 @@ def profile_forms(
     x1 = torch.randn(1, 3, imgsz, imgsz, dtype=ref.dtype, device=ref.device)
     profiles = {n: FormProfile(n, count_params(m), count_flops(m, x1) / 1e9) for n, m in forms.items()}
     for b in batches:
-        if progress is not None:
-            progress(f"latency at batch {b}, {imgsz}x{imgsz}: {', '.join(forms)}")
+        say(progress, f"latency at batch {b}, {imgsz}x{imgsz}: {', '.join(forms)}")
         x = torch.randn(b, 3, imgsz, imgsz, dtype=ref.dtype, device=ref.device)
         timings = compare_latency(forms, x, rounds=rounds, calls_per_round=3 if b == 1 else 1, warmup=2)
         for n, t in timings.items():
@@ -92,10 +92,4 @@ def profile_rows(profiles: Sequence[FormProfile], baseline: str) -> list[dict[st
 def format_profiles(profiles: Sequence[FormProfile], baseline: str) -> str:
     """A fixed-width text table of :func:`profile_rows` (p10-p90 spread omitted)."""
     rows = profile_rows(profiles, baseline)
-    cols = [c for c in rows[0] if "p10" not in c]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    lines = ["  ".join(f"{c:>{widths[c]}}" if i else f"{c:<{widths[c]}}" for i, c in enumerate(cols))]
-    for r in rows:
-        cells = [f"{r[c]!s:>{widths[c]}}" if i else f"{r[c]!s:<{widths[c]}}" for i, c in enumerate(cols)]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+    return text_table(rows, [c for c in rows[0] if "p10" not in c])

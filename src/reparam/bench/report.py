@@ -1,7 +1,8 @@
 """Report writers: Markdown and CSV tables, PNG plots (training curves, latency bars, error per block).
 
 Plots use matplotlib's object API with the Agg canvas (no pyplot state, no GUI backend) and its bundled
-DejaVu Sans font, so nothing is fetched.
+DejaVu Sans font, so nothing is fetched. Every file is written atomically (:func:`reparam.io.atomic_path`)
+and an existing file is refused unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reparam.bench.profile import FormProfile
+from reparam.io import atomic_path
+from reparam.text import columns
 
 __all__ = [
     "markdown_table",
@@ -27,28 +30,20 @@ __all__ = [
 _RC = {"font.family": "DejaVu Sans", "font.size": 9}
 
 
-def _columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
-    cols: list[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
-    return cols
-
-
 def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
     """A GitHub Markdown table of ``rows`` (columns from all rows, first-seen order)."""
     if not rows:
         raise ValueError("rows must hold at least one row")
-    cols = _columns(rows)
+    cols = columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
-    """Write ``rows`` as CSV with a header (columns from all rows, first-seen order)."""
-    cols = _columns(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+def write_csv(path: Path, rows: Sequence[Mapping[str, object]], *, overwrite: bool = False) -> Path:
+    """Write ``rows`` as CSV with a header (columns from all rows, first-seen order), atomically."""
+    cols = columns(rows)
+    with atomic_path(path, overwrite=overwrite) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
@@ -70,13 +65,15 @@ def _figure(w: float, h: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, png: Path) -> Path:
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
+def _save(fig: Figure, png: Path, overwrite: bool) -> Path:
+    with atomic_path(png, overwrite=overwrite) as tmp:
+        fig.savefig(tmp)
     return png
 
 
-def plot_training_curves(results: Mapping[str, Sequence[float]], png: Path) -> Path:
+def plot_training_curves(
+    results: Mapping[str, Sequence[float]], png: Path, *, overwrite: bool = False
+) -> Path:
     """Losses (train and val) and validation mAP per epoch, from :func:`read_results_csv` output."""
     import matplotlib
 
@@ -95,10 +92,12 @@ def plot_training_curves(results: Mapping[str, Sequence[float]], png: Path) -> P
                 ax_map.plot(epochs, results[key], "o-", markersize=3, label=label)
         ax_map.set(title="validation (training form, EMA)", xlabel="epoch", ylim=(0, 1))
         ax_map.legend(fontsize=7)
-        return _save(fig, png)
+        return _save(fig, png, overwrite)
 
 
-def plot_latency(profiles: Sequence[FormProfile], png: Path, title: str = "latency") -> Path:
+def plot_latency(
+    profiles: Sequence[FormProfile], png: Path, title: str = "latency", *, overwrite: bool = False
+) -> Path:
     """Grouped bars of median latency per form, one panel per batch size, p10-p90 as error bars."""
     import matplotlib
 
@@ -119,11 +118,15 @@ def plot_latency(profiles: Sequence[FormProfile], png: Path, title: str = "laten
             ax.bar_label(bars, labels=[f"{m:.1f}" for m in med], fontsize=7)
             ax.set_xticks(range(len(rows)), [p.name for p in rows], rotation=20, ha="right", fontsize=7)
             ax.set(title=f"{title}, batch {b}", ylabel="median ms per call")
-        return _save(fig, png)
+        return _save(fig, png, overwrite)
 
 
 def plot_block_errors(
-    names: Sequence[str], series: Mapping[str, tuple[Sequence[float], float]], png: Path
+    names: Sequence[str],
+    series: Mapping[str, tuple[Sequence[float], float]],
+    png: Path,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Relative conversion error of every block (log scale), one bar series per label with its tolerance.
 
@@ -153,4 +156,4 @@ def plot_block_errors(
             title="conversion error per block (max |deploy - train| / max |train|)", ylabel="relative error"
         )
         ax.legend(fontsize=7)
-        return _save(fig, png)
+        return _save(fig, png, overwrite)

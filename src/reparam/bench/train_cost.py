@@ -18,7 +18,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from queue import Empty
 
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from reparam.bench.profile import count_params
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.registry import get_block
+from reparam.text import Progress, say, text_table
 
 __all__ = [
     "BLOCKS",
@@ -46,7 +47,19 @@ BLOCKS: dict[str, str] = {"plain": "ConvBNAct", "RepVGG": "RepVGGBlock", "DBB": 
 NETWORKS: dict[str, tuple[int, int]] = {"resnet18@112": (112, 16), "yolov8n-backbone@320": (320, 8)}
 """Network -> (image size, batch size)."""
 
-Progress = Callable[[str], None]
+TABLE_COLUMNS = (
+    "network",
+    "block",
+    "params_M",
+    "step_ms",
+    "time_x_plain",
+    "train_mem_MB",
+    "mem_x_plain",
+    "extra_mem_MB",
+    "time_x_dbb",
+    "extra_mem_x_dbb",
+)
+"""Columns of :func:`format_train_cost`."""
 
 
 class _BasicBlock(nn.Module):
@@ -188,11 +201,6 @@ def _peak_train_memory_mb(network: str, block_label: str, steps: int) -> float:
     return float(result)
 
 
-def _say(progress: Progress | None, msg: str) -> None:
-    if progress is not None:
-        progress(msg)
-
-
 def _step_times_ms(
     network: str, labels: Sequence[str], rounds: int, warmup: int, progress: Progress | None
 ) -> dict[str, list[float]]:
@@ -200,7 +208,7 @@ def _step_times_ms(
     for label, case in cases.items():
         for _ in range(warmup):
             _step(*case)
-        _say(progress, f"  warmed up {label}")
+        say(progress, f"  warmed up {label}")
     samples: dict[str, list[float]] = {label: [] for label in labels}
     names = list(labels)
     for r in range(rounds):
@@ -210,7 +218,7 @@ def _step_times_ms(
             _step(*cases[label])
             samples[label].append((time.perf_counter() - t0) * 1e3)
         if (r + 1) % max(1, rounds // 5) == 0:
-            _say(progress, f"  round {r + 1}/{rounds}")
+            say(progress, f"  round {r + 1}/{rounds}")
     return samples
 
 
@@ -242,16 +250,16 @@ def run_train_cost(
         if network not in NETWORKS:
             raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {network!r}")
         imgsz, batch = NETWORKS[network]
-        _say(
+        say(
             progress,
             f"== {network}: step time, {rounds} interleaved rounds, {torch.get_num_threads()} threads",
         )
         samples = _step_times_ms(network, blocks, rounds, warmup, progress)
         medians = ", ".join(f"{b} {statistics.median(t):.0f}" for b, t in samples.items())
-        _say(progress, f"  median step ms: {medians}")
+        say(progress, f"  median step ms: {medians}")
         memory: dict[str, float] = {}
         for label in blocks:
-            _say(progress, f"  peak memory {label} (fresh subprocess, {memory_steps} steps)")
+            say(progress, f"  peak memory {label} (fresh subprocess, {memory_steps} steps)")
             memory[label] = _peak_train_memory_mb(network, label, memory_steps)
         med = {label: statistics.median(s) for label, s in samples.items()}
         for label in blocks:
@@ -287,20 +295,5 @@ def run_train_cost(
 
 
 def format_train_cost(rows: Sequence[dict[str, object]]) -> str:
-    """The rows as a fixed-width text table."""
-    cols = [
-        "network",
-        "block",
-        "params_M",
-        "step_ms",
-        "time_x_plain",
-        "train_mem_MB",
-        "mem_x_plain",
-        "extra_mem_MB",
-        "time_x_dbb",
-        "extra_mem_x_dbb",
-    ]
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    lines = ["  ".join(f"{c:>{widths[c]}}" for c in cols)]
-    lines += ["  ".join(f"{r.get(c, '')!s:>{widths[c]}}" for c in cols) for r in rows]
-    return "\n".join(lines)
+    """The rows as a fixed-width text table (step-time spread and image/batch sizes omitted)."""
+    return text_table(rows, TABLE_COLUMNS)

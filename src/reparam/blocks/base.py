@@ -1,23 +1,30 @@
-"""The conversion protocol shared by every re-parameterizable block, and constructor helpers.
+"""The conversion protocol shared by every convertible module, and constructor helpers.
 
-A block subclasses :class:`ReparamBlock`, builds its training branches, and implements
-``equivalent_kernel_bias()`` (differentiable) and ``forward_train()``. ``reparameterize()`` then
-replaces all branches with one ``nn.Conv2d(bias=True)`` named ``conv``; the activation stays.
+The protocol: a ``deployed`` property (is this module converted?) and an idempotent, in-place
+``reparameterize()``. A multi-branch block subclasses :class:`ReparamBlock`, builds its training
+branches, and implements ``equivalent_kernel_bias()`` (differentiable) and ``forward_train()``;
+``reparameterize()`` then replaces all branches with one ``nn.Conv2d(bias=True)`` named ``conv``.
+A module that only holds such blocks subclasses :class:`ReparamContainer`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
     "ReparamBlock",
+    "ReparamContainer",
+    "answers_protocol",
     "autopad",
+    "check_bool",
     "check_centred_geometry",
     "check_divisible",
     "check_odd_kernel",
     "check_positive",
-    "make_act",
+    "convertible_children",
 ]
 
 
@@ -26,22 +33,36 @@ def autopad(k: int, p: int | None = None, d: int = 1) -> int:
     return d * (k // 2) if p is None else p
 
 
-def make_act(act: bool | nn.Module) -> nn.Module:
-    """Activation as in Ultralytics ``Conv``: True -> SiLU, False/None -> Identity, a module -> itself."""
-    if act is True:
-        return nn.SiLU()
-    if isinstance(act, nn.Module):
-        return act
-    if act is False or act is None:
-        return nn.Identity()
-    raise ValueError(f"act must be a bool or an nn.Module, got {act!r}")
+def answers_protocol(module: nn.Module) -> bool:
+    """True if ``module`` answers the conversion protocol: a ``deployed`` flag and ``reparameterize()``."""
+    return hasattr(module, "deployed") and callable(getattr(module, "reparameterize", None))
+
+
+def convertible_children(module: nn.Module) -> Iterator[nn.Module]:
+    """The outermost descendants of ``module`` that answer the protocol (each converts its own subtree)."""
+    for child in module.children():
+        if answers_protocol(child):
+            yield child
+        else:
+            yield from convertible_children(child)
+
+
+def _type_hint(v: object) -> str:
+    return f"{type(v).__name__} {v!r}"
 
 
 def check_positive(**values: int) -> None:
-    """Raise ValueError naming the first argument that is not a positive int."""
+    """Raise ValueError naming the first argument that is not a positive int (and the type it got)."""
     for name, v in values.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise ValueError(f"{name} must be a positive integer, got {_type_hint(v)}")
+
+
+def check_bool(**values: bool) -> None:
+    """Raise ValueError naming the first argument that is not a bool (e.g. a YAML value in the wrong slot)."""
+    for name, v in values.items():
+        if not isinstance(v, bool):
+            raise ValueError(f"{name} must be True or False, got {_type_hint(v)}")
 
 
 def check_divisible(g: int, **channels: int) -> None:
@@ -117,7 +138,11 @@ class ReparamBlock(nn.Module):
         return names
 
     def make_deploy_conv(self, weight: Tensor, bias: Tensor) -> nn.Conv2d:
-        """The plain ``nn.Conv2d(bias=True)`` of this block's geometry holding ``weight`` and ``bias``."""
+        """The plain ``nn.Conv2d(bias=True)`` of this block's geometry holding ``weight`` and ``bias``.
+
+        The conv takes the block's parameter dtype (``weight``/``bias`` are folded in fp32 or wider and
+        rounded once here); a value that is finite in fp32 but overflows that dtype raises ValueError.
+        """
         ref = next(self.parameters(), None)
         dtype = ref.dtype if ref is not None else weight.dtype
         device = ref.device if ref is not None else weight.device
@@ -127,6 +152,13 @@ class ReparamBlock(nn.Module):
         with torch.no_grad():
             conv.weight.copy_(weight)
             conv.bias.copy_(bias)
+        for name, folded, stored in (("kernel", weight, conv.weight), ("bias", bias, conv.bias)):
+            if bool(torch.isfinite(folded).all()) and not bool(torch.isfinite(stored).all()):
+                big = float(folded.abs().max())
+                raise ValueError(
+                    f"{type(self).__name__}: the folded {name} (max |value| {big:.3g}) overflows {dtype}; "
+                    "convert the model in float32 (or check the BN running_var for near-zero entries)"
+                )
         return conv
 
     @torch.no_grad()
@@ -146,3 +178,24 @@ class ReparamBlock(nn.Module):
             f"c1={self.c1}, c2={self.c2}, k={self.k}, s={self.s}, p={self.p}, g={self.g}, d={self.d}, "
             f"form={form}"
         )
+
+
+class ReparamContainer(nn.Module):
+    """A module whose own computation needs no conversion but which holds blocks that do (RepBlock, ...).
+
+    ``reparameterize()`` converts every outermost descendant that answers the protocol; ``deployed`` is
+    True when all of them are converted, so a container with nothing to convert (Transpose) is always
+    deployed. Descendants that do not answer the protocol (a foreign Conv+BN) are left to
+    ``reparam.reparameterize``, which also folds plain Conv2d -> BatchNorm2d pairs.
+    """
+
+    @property
+    def deployed(self) -> bool:
+        """True once every convertible block inside is converted."""
+        return all(m.deployed for m in convertible_children(self))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Convert every block inside, in place; calling it again does nothing."""
+        for m in list(convertible_children(self)):
+            m.reparameterize()

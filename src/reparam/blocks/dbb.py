@@ -20,12 +20,13 @@ from reparam.algebra import (
     identity_kernel,
     merge_1x1_kxk,
     pad_kernel,
+    work_dtype,
 )
+from reparam.blocks.act import Act, resolve_act
 from reparam.blocks.base import (
     ReparamBlock,
     check_centred_geometry,
     check_divisible,
-    make_act,
 )
 from reparam.blocks.convbn import ConvBN
 from reparam.blocks.registry import register_block
@@ -89,11 +90,15 @@ class IdentityConv1x1(nn.Module):
         self.register_buffer("id_tensor", identity_kernel(width, width // ig, 1))
 
     def kernel(self) -> Tensor:
-        """The effective 1x1 kernel ``identity + weight``."""
-        return self.weight + self.id_tensor
+        """The effective 1x1 kernel ``identity + weight``, summed in fp32 (fp64 for fp64 weights).
+
+        Why: in fp16/bf16 the 1 of the identity would swallow the small weight before folding.
+        """
+        dtype = work_dtype(self.weight)
+        return self.weight.to(dtype) + self.id_tensor.to(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.kernel(), None, 1, 0, 1, self.g)
+        return F.conv2d(x, self.kernel().to(self.weight.dtype), None, 1, 0, 1, self.g)
 
 
 @register_block("conv")
@@ -115,10 +120,10 @@ class DBB(ReparamBlock):
         p: int | None = None,
         g: int = 1,
         d: int = 1,
-        act: bool | nn.Module = True,
+        act: Act = True,
     ) -> None:
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "DBB", dilation=False)
-        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))
         self.dbb_origin = ConvBN(c1, c2, k, s, p, g)
         self.dbb_1x1 = ConvBN(c1, c2, 1, s, 0, g) if g < c2 else None
         self.dbb_avg = nn.Sequential()

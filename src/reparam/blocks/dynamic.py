@@ -9,7 +9,6 @@ under ONNX export / tracing keeps batch and image size dynamic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reparam.algebra import fold_bn_tensors
-from reparam.blocks.base import autopad, check_divisible, check_positive, make_act
+from reparam.blocks.act import Act, resolve_act
+from reparam.blocks.base import ReparamContainer, autopad, check_bool, check_divisible, check_positive
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.registry import register_block
 
@@ -27,9 +27,7 @@ __all__ = [
     "C2f_DynamicConv",
     "DynamicConv",
     "DynamicConvBNAct",
-    "DynamicConvMacs",
     "dynamic_conv2d",
-    "dynamic_conv_macs",
     "is_exporting",
 ]
 
@@ -89,7 +87,8 @@ def _unfold(x: Tensor, gates: Tensor, weight: Tensor, bias: Tensor | None, conv:
     b, ho, wo = x.shape[0], cols.shape[-2], cols.shape[-1]
     kern = _aggregate(gates, weight).view(b, g, c2 // g, ig * kk)
     y = torch.matmul(kern, cols.reshape(b, g, ig * kk, ho * wo)).view(b, c2, ho, wo)
-    return y + bias[:, :, None, None] if bias is not None else y
+    # The bias joins in y's dtype (under autocast y is fp16/bf16 and the bias fp32), as in ``_grouped``.
+    return y + bias[:, :, None, None].to(y.dtype) if bias is not None else y
 
 
 _IMPLS = {"grouped": _grouped, "unfold": _unfold}
@@ -181,6 +180,14 @@ class DynamicConv(nn.Module):
         self.reset_parameters()
 
     @property
+    def deployed(self) -> bool:
+        """Always True: a dynamic conv has no static deploy form, so there is nothing to convert."""
+        return True
+
+    def reparameterize(self) -> None:
+        """Nothing to convert (the protocol's no-op); a following BN folds through DynamicConvBNAct."""
+
+    @property
     def fan_in(self) -> int:
         """Inputs per output element of one expert kernel: ``c1/g * k * k``."""
         return self.c1 // self.g * self.k * self.k
@@ -261,13 +268,13 @@ class DynamicConvBNAct(nn.Module):
         p: int | None = None,
         g: int = 1,
         d: int = 1,
-        act: bool | nn.Module = True,
+        act: Act = True,
         num_experts: int = 4,
     ) -> None:
         super().__init__()
         self.conv = DynamicConv(c1, c2, k, s, p, g, d, bias=False, num_experts=num_experts)
         self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(c2)
-        self.act = make_act(act)
+        self.act = resolve_act(act)
 
     @property
     def deployed(self) -> bool:
@@ -295,8 +302,17 @@ class DynamicConvBNAct(nn.Module):
         self.bn = None
 
 
+def _hidden(c2: int, e: float) -> int:
+    """Hidden width ``int(c2 * e)``; ValueError naming ``e`` unless it is a positive number giving >= 1."""
+    if not isinstance(e, int | float) or isinstance(e, bool) or not e > 0:
+        raise ValueError(f"expansion e must be a positive number, got {type(e).__name__} {e!r}")
+    if int(c2 * e) < 1:
+        raise ValueError(f"hidden channels int(c2 * e) = int({c2} * {e}) must be >= 1")
+    return int(c2 * e)
+
+
 @register_block("conv")
-class Bottleneck_DynamicConv(nn.Module):
+class Bottleneck_DynamicConv(ReparamContainer):
     """Ultralytics ``Bottleneck`` with dynamic cv2: ``[x +] cv2(cv1(x))``, residual if shortcut, c1 == c2.
 
     ``cv2`` is :class:`DynamicConvBNAct` (BN + SiLU after the dynamic conv, as in ParameterNet and as
@@ -314,9 +330,9 @@ class Bottleneck_DynamicConv(nn.Module):
         num_experts: int = 4,
     ) -> None:
         super().__init__()
-        if not e > 0:
-            raise ValueError(f"expansion e must be positive, got {e!r}")
-        c_ = int(c2 * e)
+        check_bool(shortcut=shortcut)
+        check_positive(c1=c1, c2=c2, g=g)
+        c_ = _hidden(c2, e)
         self.cv1 = ConvBNAct(c1, c_, k[0], 1)
         self.cv2 = DynamicConvBNAct(c_, c2, k[1], 1, g=g, num_experts=num_experts)
         self.add = shortcut and c1 == c2
@@ -327,7 +343,7 @@ class Bottleneck_DynamicConv(nn.Module):
 
 
 @register_block("repeat")
-class C2f_DynamicConv(nn.Module):
+class C2f_DynamicConv(ReparamContainer):
     """Ultralytics ``C2f`` whose n bottlenecks are :class:`Bottleneck_DynamicConv` (e = 1.0, groups g)."""
 
     def __init__(
@@ -341,10 +357,9 @@ class C2f_DynamicConv(nn.Module):
         num_experts: int = 4,
     ) -> None:
         super().__init__()
-        check_positive(n=n)
-        if not e > 0:
-            raise ValueError(f"expansion e must be positive, got {e!r}")
-        self.c = int(c2 * e)
+        check_positive(c1=c1, c2=c2, n=n, g=g)
+        check_bool(shortcut=shortcut)
+        self.c = _hidden(c2, e)
         self.cv1 = ConvBNAct(c1, 2 * self.c, 1, 1)
         self.cv2 = ConvBNAct((2 + n) * self.c, c2, 1)
         self.m = nn.ModuleList(
@@ -356,49 +371,3 @@ class C2f_DynamicConv(nn.Module):
         y = list(self.cv1(x).chunk(2, 1))
         y.extend(m(y[-1]) for m in self.m)
         return self.cv2(torch.cat(y, 1))
-
-
-@dataclass(frozen=True)
-class DynamicConvMacs:
-    """Multiply-accumulates of one DynamicConv call, by part. FLOPs (Ultralytics' convention) = 2 * MACs."""
-
-    pool: int
-    router: int
-    aggregate: int
-    conv: int
-
-    @property
-    def total(self) -> int:
-        """All MACs of the layer."""
-        return self.pool + self.router + self.aggregate + self.conv
-
-    @property
-    def thop_missing(self) -> int:
-        """MACs that thop (Ultralytics' GFLOPs) does not see: the pooling and the functional conv."""
-        return self.pool + self.conv
-
-
-def dynamic_conv_macs(m: DynamicConv, input_shape: tuple[int, int, int, int]) -> DynamicConvMacs:
-    """MACs of ``m`` on an input ``(B, c1, H, W)``: GAP, router Linear, expert aggregation, and the conv.
-
-    Both algorithms aggregate then convolve: the conv part equals a static conv of the same shape (as a
-    matmul in ``unfold``), aggregation is ``B*E*c2*(c1/g)*k*k`` (+ ``B*E*c2`` for an expert bias); the
-    im2col copy of ``unfold`` is not counted. Ultralytics prints
-    GFLOPs from thop at batch 1, which counts functional ``linear`` and ``matmul`` (router and
-    aggregation) but neither ``F.conv2d`` nor the mean pooling: correct the printout by adding
-    ``2 * thop_missing / 1e9`` per DynamicConv at the reported image size
-    (``reparam.bench.dynamic.thop_gflops_correction`` does this for a whole model).
-    """
-    b, c, h, w = input_shape
-    if c != m.c1:
-        raise ValueError(f"input has {c} channels, the layer expects c1={m.c1}")
-    ho = (h + 2 * m.p - m.d * (m.k - 1) - 1) // m.s + 1
-    wo = (w + 2 * m.p - m.d * (m.k - 1) - 1) // m.s + 1
-    e = m.num_experts
-    aggregate = b * e * m.c2 * m.fan_in + (b * e * m.c2 if m.bias is not None else 0)
-    return DynamicConvMacs(
-        pool=b * c * h * w,
-        router=b * e * c,
-        aggregate=aggregate,
-        conv=b * m.c2 * m.fan_in * ho * wo,
-    )

@@ -8,7 +8,8 @@ Branch set and widths follow the reference implementation (JUGGHM/OREPA_CVPR2022
 parameter counts match it. The generator is engineered for CPU training speed: fixed filters are
 buffers, no branch is run as a convolution, every branch is accumulated in place into one buffer (the
 1x1 -> kxk product as one GEMM per group), and a hand-written backward saves nothing but the
-parameters and computes each gradient with one GEMM or one reduction.
+parameters and computes each gradient with one GEMM or one reduction. Generation (and conversion) runs
+in fp32 with autocast off, fp16/bf16 parameters promoted; the conv gets the kernel in its compute dtype.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ from reparam.algebra import (
     compose_sequential,
     fold_bn,
     identity_kernel,
+    no_autocast,
     pad_kernel,
     padding_for_branch,
+    work_dtype,
 )
+from reparam.blocks.act import Act, resolve_act
 from reparam.blocks.base import (
     ReparamBlock,
     check_centred_geometry,
     check_divisible,
     check_positive,
-    make_act,
 )
 from reparam.blocks.convbn import ConvBN
 from reparam.blocks.registry import register_block
@@ -45,6 +48,7 @@ __all__ = [
     "OREPARepVGG",
     "OREPA_1x1",
     "OREPA_LargeConv",
+    "create_orepa",
     "frequency_prior",
     "orepa_internal_width",
 ]
@@ -75,6 +79,23 @@ def frequency_prior(channels: int, k: int, dtype: torch.dtype = torch.float32) -
     rows = wave[:, :, None].expand(channels, k, k)  # varies with h
     cols = wave[:, None, :].expand(channels, k, k)  # varies with w
     return torch.where((i < half)[:, None, None], rows, cols).to(dtype).contiguous()
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``, without a dispatch when it already is (the common fp32 training path)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _compute_dtype(ref: Tensor) -> torch.dtype:
+    """The dtype a conv on ``ref`` computes in: the autocast dtype under autocast, else ``ref``'s own.
+
+    Autocast leaves fp64 tensors alone, so an fp64 ``ref`` keeps fp64 even inside an autocast region.
+    """
+    device = ref.device.type
+    available = ref.dtype != torch.float64 and torch.amp.is_autocast_available(device)
+    if available and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return ref.dtype
 
 
 class OREPAKernel(nn.Module):
@@ -128,13 +149,13 @@ class OREPAKernel(nn.Module):
         # (O, g, k, T, I/g, rows of the fixed-filter branches, row of 1x1->kxk, row of depthwise-separable)
         self._geom = (c2, g, k, t, ig, (1, 2, 4) if branch_1x1 else (1, 2), 3, 5 if branch_1x1 else 4)
 
-    def forward(self) -> Tensor:
-        """The merged ``(O, I/g, k, k)`` kernel from the current branch parameters (differentiable)."""
-        factors = [self.weight_avg, self.weight_prior]
-        if self.weight_1x1 is not None:
-            factors.append(self.weight_1x1)
-        return _GenerateKernel.apply(
-            self._geom,
+    def generate(self) -> Tensor:
+        """The merged ``(O, I/g, k, k)`` kernel (differentiable), computed in fp32 with autocast off.
+
+        fp64 parameters give an fp64 kernel; fp16/bf16 ones are promoted to fp32 (autograd casts their
+        gradients back), so the sums of many small branch products never round in half precision.
+        """
+        tensors = [
             self.vector,
             self.weight_origin,
             self.weight_1x1_kxk_idconv1,
@@ -143,8 +164,18 @@ class OREPAKernel(nn.Module):
             self.weight_pw,
             self.fixed_filters,
             self.id_tensor,
-            *factors,
-        )
+            self.weight_avg,
+            self.weight_prior,
+        ]
+        if self.weight_1x1 is not None:
+            tensors.append(self.weight_1x1)
+        dtype = work_dtype(*tensors)
+        with no_autocast(self.vector):
+            return _GenerateKernel.apply(self._geom, *(_cast(t, dtype) for t in tensors))
+
+    def forward(self) -> Tensor:
+        """The kernel of :meth:`generate` in the conv's compute dtype (the autocast or parameter dtype)."""
+        return _cast(self.generate(), _compute_dtype(self.weight_origin))
 
 
 class _GenerateKernel(torch.autograd.Function):
@@ -194,6 +225,12 @@ class _GenerateKernel(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        with no_autocast(grad):  # backward() may be called inside an autocast region
+            return _GenerateKernel.gradients(ctx, grad)
+
+    @staticmethod
+    def gradients(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        """Gradients of every input, in the dtype forward received (the generator's work dtype)."""
         o, g, k, t, ig, fixed_rows, r3, r5 = ctx.geom
         og, tg, kk = o // g, t // g, k * k
         vector, w0, delta, c2w, dw, pw, fixed, ident, *factors = ctx.saved_tensors
@@ -233,7 +270,7 @@ class _GenerateKernel(torch.autograd.Function):
         return (None, gvec, g_w0, g_delta.reshape(delta.shape), g_c2, g_dw, g_pw, None, None, *g_factors)
 
 
-def _orepa_args(
+def create_orepa(
     c1: int,
     c2: int,
     k: int = 3,
@@ -241,33 +278,31 @@ def _orepa_args(
     p: int | None = None,
     g: int = 1,
     d: int = 1,
-    act: bool | nn.Module = True,
+    act: Act = True,
     large: bool = False,
-) -> dict[str, Any]:
-    return {"c1": c1, "c2": c2, "k": k, "s": s, "p": p, "g": g, "d": d, "act": act, "large": large}
+) -> nn.Module:
+    """The OREPA block for a kernel size: :class:`OREPA_1x1` for k = 1, :class:`OREPA_LargeConv` with
+    ``large=True`` (k >= 5), else :class:`OREPA`. The registry builds the YAML name "OREPA" with it.
+    """
+    if not isinstance(large, bool):
+        raise ValueError(f"large must be True or False, got {type(large).__name__} {large!r}")
+    if k == 1:
+        if large:
+            raise ValueError("large=True needs a kernel size k >= 5, got k=1")
+        return OREPA_1x1(c1, c2, k, s, p, g, d, act)
+    if large:
+        return OREPA_LargeConv(c1, c2, k, s, p, g, d, act)
+    return OREPA(c1, c2, k, s, p, g, d, act)
 
 
-@register_block("conv")
+@register_block("conv", build=create_orepa)
 class OREPA(ReparamBlock):
     """``act(BN(conv(x, K)))`` with ``K`` regenerated from six linear branches at every training forward.
 
-    Construction routes by kernel size: ``OREPA(c1, c2, 1, ...)`` returns an :class:`OREPA_1x1` and
-    ``OREPA(c1, c2, k, ..., large=True)`` (k >= 5) an :class:`OREPA_LargeConv` (``__new__`` returns the
-    other class, so YAML and registry users get the right block from the one name "OREPA").
+    For k = 1 use :class:`OREPA_1x1`, for a deep-stem large kernel :class:`OREPA_LargeConv`, or let
+    :func:`create_orepa` (and the YAML name "OREPA", which builds through it) pick. ``large`` exists only
+    to point a ``large=True`` caller there.
     """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> nn.Module:
-        if not args and not kwargs:  # copy / unpickling: the state comes afterwards
-            return super().__new__(cls)
-        a = _orepa_args(*args, **kwargs)
-        large = a.pop("large")
-        if a["k"] == 1:
-            if large:
-                raise ValueError("large=True needs a kernel size k >= 5, got k=1")
-            return OREPA_1x1(**a)
-        if large:
-            return OREPA_LargeConv(**a)
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -278,11 +313,17 @@ class OREPA(ReparamBlock):
         p: int | None = None,
         g: int = 1,
         d: int = 1,
-        act: bool | nn.Module = True,
+        act: Act = True,
         large: bool = False,
     ) -> None:
+        if large is not False or k == 1:
+            which = "OREPA_LargeConv" if large is not False else "OREPA_1x1"
+            raise ValueError(
+                f"OREPA(c1, c2, k={k}, large={large!r}) is an {which}: build {which}(...) directly, or "
+                "reparam.blocks.create_orepa(...) / create_block('OREPA', ...), which pick the class"
+            )
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
-        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))
         self.gen = OREPAKernel(c1, c2, k, g)
         self.bn = nn.BatchNorm2d(c2)
 
@@ -290,7 +331,7 @@ class OREPA(ReparamBlock):
         return self.bn(F.conv2d(x, self.gen(), None, self.s, self.p, 1, self.g))
 
     def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
-        return fold_bn(self.gen(), self.bn)
+        return fold_bn(self.gen.generate(), self.bn)
 
 
 @register_block("conv")
@@ -311,12 +352,12 @@ class OREPA_1x1(ReparamBlock):
         p: int | None = None,
         g: int = 1,
         d: int = 1,
-        act: bool | nn.Module = True,
+        act: Act = True,
     ) -> None:
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
         if k != 1:
             raise ValueError(f"OREPA_1x1 needs kernel size k=1, got k={k} (use OREPA)")
-        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))
         ig, t = c1 // g, min(c1, c2)
         self.t = t
         self.weight_origin = nn.Parameter(torch.empty(c2, ig, 1, 1))
@@ -333,17 +374,20 @@ class OREPA_1x1(ReparamBlock):
         self.bn = nn.BatchNorm2d(c2)
 
     def generate(self) -> Tensor:
-        """The merged 1x1 kernel ``(c2, c1/g, 1, 1)`` from the current parameters."""
+        """The merged 1x1 kernel ``(c2, c1/g, 1, 1)``, in fp32 (fp64 for fp64 parameters), autocast off."""
         g, o, t = self.g, self.c2, self.t
         ig = self.c1 // g
-        v = self.vector[:, :, None]  # (2, O, 1)
-        w1 = self.weight_l2i_conv1.view(g, t // g, ig)
-        w2 = (self.weight_l2i_conv2.view(o, t // g) * v[1]).view(g, o // g, t // g)
-        low = torch.bmm(w2, w1).view(o, ig)
-        return torch.addcmul(low, self.weight_origin.view(o, ig), v[0]).view(o, ig, 1, 1)
+        params = (self.vector, self.weight_origin, self.weight_l2i_conv1, self.weight_l2i_conv2)
+        dtype = work_dtype(*params)
+        vector, w0, w1, w2 = (_cast(p, dtype) for p in params)
+        with no_autocast(w0):
+            v = vector[:, :, None]  # (2, O, 1)
+            w2 = (w2.view(o, t // g) * v[1]).view(g, o // g, t // g)
+            low = torch.bmm(w2, w1.view(g, t // g, ig)).view(o, ig)
+            return torch.addcmul(low, w0.view(o, ig), v[0]).view(o, ig, 1, 1)
 
     def forward_train(self, x: Tensor) -> Tensor:
-        return self.bn(F.conv2d(x, self.generate(), None, self.s, 0, 1, self.g))
+        return self.bn(F.conv2d(x, _cast(self.generate(), _compute_dtype(x)), None, self.s, 0, 1, self.g))
 
     def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
         return fold_bn(self.generate(), self.bn)
@@ -368,27 +412,27 @@ class OREPA_LargeConv(ReparamBlock):
         p: int | None = None,
         g: int = 1,
         d: int = 1,
-        act: bool | nn.Module = True,
+        act: Act = True,
     ) -> None:
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
         if k < 5:
             raise ValueError(f"OREPA_LargeConv needs kernel size k >= 5, got k={k} (use OREPA)")
         if g != 1:
             raise ValueError(f"OREPA_LargeConv supports groups g=1 only, got g={g}")
-        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))
         layers = (k - 1) // 2
         self.stages = nn.ModuleList(OREPAKernel(c1 if i == 0 else c2, c2, 3) for i in range(layers))
         self.bn = nn.BatchNorm2d(c2)
 
     def generate(self) -> Tensor:
-        """The composed ``(c2, c1, k, k)`` kernel of the stacked 3x3 generators."""
-        weight = self.stages[0]()
+        """The composed ``(c2, c1, k, k)`` kernel of the 3x3 generators, in fp32 (fp64), autocast off."""
+        weight = self.stages[0].generate()
         for stage in self.stages[1:]:
-            weight = compose_sequential(weight, stage())
+            weight = compose_sequential(weight, stage.generate())
         return weight
 
     def forward_train(self, x: Tensor) -> Tensor:
-        return self.bn(F.conv2d(x, self.generate(), None, self.s, self.p))
+        return self.bn(F.conv2d(x, _cast(self.generate(), _compute_dtype(x)), None, self.s, self.p))
 
     def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
         return fold_bn(self.generate(), self.bn)
@@ -411,12 +455,12 @@ class OREPARepVGG(ReparamBlock):
         p: int | None = None,
         g: int = 1,
         d: int = 1,
-        act: bool | nn.Module = True,
+        act: Act = True,
     ) -> None:
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
         if k < 3:
             raise ValueError(f"OREPARepVGG needs kernel size k >= 3, got k={k}")
-        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))
         self.gen = OREPAKernel(c1, c2, k, g, branch_1x1=False)
         self.bn = nn.BatchNorm2d(c2)
         self.rbr_1x1 = ConvBN(c1, c2, 1, s, padding_for_branch(p, k, 1), g)
@@ -429,7 +473,7 @@ class OREPARepVGG(ReparamBlock):
         return y
 
     def equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
-        dense = fold_bn(self.gen(), self.bn)
+        dense = fold_bn(self.gen.generate(), self.bn)
         w1, b1 = self.rbr_1x1.fused()
         branches = [dense, (pad_kernel(w1, self.k), b1)]
         if self.rbr_identity is not None:

@@ -12,10 +12,11 @@ from reparam.algebra import (
     pad_kernel,
     padding_for_branch,
 )
+from reparam.blocks.act import Act, resolve_act
 from reparam.blocks.base import (
     ReparamBlock,
+    check_bool,
     check_centred_geometry,
-    make_act,
 )
 from reparam.blocks.convbn import ConvBN
 from reparam.blocks.registry import register_block
@@ -36,10 +37,10 @@ class RepVGGBlock(ReparamBlock):
         p: int | None = None,
         g: int = 1,
         d: int = 1,
-        act: bool | nn.Module = True,
+        act: Act = True,
     ) -> None:
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "RepVGG")
-        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))
         self.rbr_dense = ConvBN(c1, c2, k, s, p, g, d)
         self.rbr_1x1 = ConvBN(c1, c2, 1, s, padding_for_branch(p, k, 1, d), g) if k > 1 else None
         self.rbr_identity = nn.BatchNorm2d(c1) if c1 == c2 and s == 1 else None
@@ -81,13 +82,14 @@ class QARepVGGBlock(ReparamBlock):
         p: int | None = None,
         g: int = 1,
         d: int = 1,
-        act: bool | nn.Module = True,
+        act: Act = True,
         avg: bool = False,
     ) -> None:
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "QARepVGG")
+        check_bool(avg=avg)
         if avg and d != 1:
             raise ValueError(f"dilation d={d} is not supported with avg=True: the pool branch is undilated")
-        super().__init__(c1, c2, k, s, p, g, d, make_act(act))
+        super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))
         self.rbr_dense = ConvBN(c1, c2, k, s, p, g, d)
         p1 = padding_for_branch(p, k, 1, d)
         self.rbr_1x1 = nn.Conv2d(c1, c2, 1, s, p1, groups=g, bias=False) if k > 1 else None

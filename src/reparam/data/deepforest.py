@@ -19,7 +19,7 @@ import sys
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import yaml
 from PIL import Image
 
 from reparam.data.tiling import Box, write_tiles
+from reparam.text import Progress, say
 
 __all__ = [
     "CLASS_NAMES",
@@ -53,13 +54,6 @@ _DATA_PREFIX = "deepforest/data/"
 _MANIFEST = "manifest.json"
 # Bumped whenever the tiling rules or the manifest change, so older cached datasets are rebuilt.
 _LAYOUT_VERSION = 2
-
-Progress = Callable[[str], None]
-
-
-def _say(progress: Progress | None, msg: str) -> None:
-    if progress is not None:
-        progress(msg)
 
 
 def cache_root() -> Path:
@@ -98,7 +92,7 @@ def fetch_wheel(cache: Path, progress: Progress | None = None) -> Path:
     wheel = wheels / WHEEL_FILE
     if not wheel.is_file():
         wheels.mkdir(parents=True, exist_ok=True)
-        _say(progress, f"downloading {WHEEL_FILE} (20 MB, data only; deepforest is not installed) ...")
+        say(progress, f"downloading {WHEEL_FILE} (20 MB, data only; deepforest is not installed) ...")
         _pip_download(wheels)
         if not wheel.is_file():
             raise RuntimeError(f"pip reported success but {wheel} is missing")
@@ -278,5 +272,5 @@ def prepare_deepforest(
         return ready
     wheel = fetch_wheel(cache, progress)
     photos = extract_photos(wheel, cache / f"deepforest-{DEEPFOREST_VERSION}" / "data")
-    _say(progress, f"tiling {len(photos)} photos ({sum(len(p.boxes) for p in photos)} boxes) into {root} ...")
+    say(progress, f"tiling {len(photos)} photos ({sum(len(p.boxes) for p in photos)} boxes) into {root} ...")
     return build_yolo_dataset(photos, VAL_PHOTOS, root, CLASS_NAMES, tile, overlap, min_visibility)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from reparam.blocks.base import check_positive
+from reparam.blocks.act import Act, resolve_act
+from reparam.blocks.base import ReparamContainer, check_bool, check_positive
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.efficientrep import (
-    Act,
     BepC3,
     BiC,
     BlockChoice,
@@ -27,7 +27,6 @@ from reparam.blocks.efficientrep import (
     SimCSPSPPF,
     SimSPPF,
     Transpose,
-    resolve_act,
     resolve_basic_block,
 )
 
@@ -109,12 +108,13 @@ def _check_channels(name: str, values: Sequence[int], length: int) -> tuple[int,
     return tuple(values)
 
 
-class EfficientRep(nn.Module):
+class EfficientRep(ReparamContainer):
     """EfficientRep / CSPBepBackbone: stem (3x3 s2), four stages [3x3 s2 block, RepBlock or BepC3], SPPF.
 
     ``channels`` and ``repeats`` are the scaled 5-entry lists of YOLOv6 (``repeats[0]`` belongs to the
     stem, a single block). forward returns ``(P2, P3, P4, P5)`` (strides 4, 8, 16, 32), or
-    ``(P3, P4, P5)`` with ``return_p2=False``.
+    ``(P3, P4, P5)`` with ``return_p2=False``. ``act`` defaults to the model's default activation (True),
+    as every block's; :func:`efficientrep_backbone` passes the variant's (ReLU for n/s/m).
     """
 
     def __init__(
@@ -122,7 +122,7 @@ class EfficientRep(nn.Module):
         channels: Sequence[int],
         repeats: Sequence[int],
         block: BlockChoice = "RepVGGBlock",
-        act: Act = "relu",
+        act: Act = True,
         csp_e: float | None = None,
         cspsppf: bool = True,
         in_channels: int = 3,
@@ -132,6 +132,7 @@ class EfficientRep(nn.Module):
         c = _check_channels("channels", channels, 5)
         r = _check_channels("repeats", repeats, 5)
         check_positive(in_channels=in_channels)
+        check_bool(cspsppf=cspsppf, return_p2=return_p2)
         cls = resolve_basic_block(block)
         self.return_p2 = return_p2
         self.stem = cls(in_channels, c[0], 3, 2, act=resolve_act(act))
@@ -158,13 +159,14 @@ class EfficientRep(nn.Module):
         return (p2, p3, p4, p5) if self.return_p2 else (p3, p4, p5)
 
 
-class RepPANNeck(nn.Module):
+class RepPANNeck(ReparamContainer):
     """YOLOv6 Rep-PAN neck; with ``bic=True`` the v3.0 Rep-BiFPAN (BiC fusion, consumes P2).
 
     Top-down: 1x1 reduce, then BiC (or Transpose up + concat), then a stage; bottom-up: 3x3 s2 conv,
     concat with the reduced map, stage. ``in_channels`` are the backbone outputs (P2..P5 with BiC,
     P3..P5 without); ``channels``/``repeats`` the scaled 6/4-entry neck lists of YOLOv6. Reduce,
-    fusion and downsample convs use ``fusion_act`` (ReLU in every official variant); stages use ``act``.
+    fusion and downsample convs use ``fusion_act`` (ReLU in every official variant, which
+    :func:`reppan_neck` passes); stages use ``act``. Both default to the model's default activation (True).
     forward returns ``(N3, N4, N5)`` at strides 8, 16, 32.
     """
 
@@ -174,12 +176,13 @@ class RepPANNeck(nn.Module):
         channels: Sequence[int],
         repeats: Sequence[int],
         block: BlockChoice = "RepVGGBlock",
-        act: Act = "relu",
+        act: Act = True,
         csp_e: float | None = None,
         bic: bool = True,
-        fusion_act: Act = "relu",
+        fusion_act: Act = True,
     ) -> None:
         super().__init__()
+        check_bool(bic=bic)
         ins = _check_channels("in_channels", in_channels, 4 if bic else 3)
         n = _check_channels("channels", channels, 6)
         r = _check_channels("repeats", repeats, 4)
@@ -187,7 +190,7 @@ class RepPANNeck(nn.Module):
         self.bic = bic
 
         def conv(c1: int, c2: int, k: int, s: int) -> ConvBNAct:
-            return ConvBNAct(c1, c2, k, s, act=resolve_act(fusion_act))
+            return ConvBNAct(c1, c2, k, s, act=fusion_act)
 
         self.reduce_layer0 = conv(p5, n[0], 1, 1)
         self.reduce_layer1 = conv(n[0], n[1], 1, 1)

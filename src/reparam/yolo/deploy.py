@@ -11,6 +11,7 @@ their own forward) keep needing reparam at load time.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from torch import nn
 from reparam.blocks.base import ReparamBlock
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.efficientrep import RepBlock, SimSPPF, Transpose
+from reparam.blocks.registry import registered_blocks
+from reparam.io import atomic_path, check_writable, global_name, load_checkpoint
 from reparam.yolo.hooks import convert_model
 
 __all__ = ["deploy_checkpoint", "reparam_globals", "to_stock_modules"]
@@ -54,9 +57,7 @@ def _is_stock_conv(module: nn.Module) -> bool:
 
 def _stock_equivalent(module: nn.Module) -> nn.Module | None:
     """The stock module equal to a converted reparam module (children already swapped), or None."""
-    if isinstance(module, ReparamBlock) and module.deployed:
-        return _stock_conv(module.conv, module.act)
-    if isinstance(module, ConvBNAct) and not hasattr(module, "bn"):
+    if isinstance(module, ReparamBlock | ConvBNAct) and module.deployed:
         return _stock_conv(module.conv, module.act)
     if isinstance(module, RepBlock):
         return nn.Sequential(module.conv1, *module.block)
@@ -107,16 +108,26 @@ def to_stock_modules(model: nn.Module) -> nn.Module:
     return model
 
 
-def deploy_checkpoint(src: str | Path, dst: str | Path | None = None, standalone: bool = True) -> Path:
+def deploy_checkpoint(
+    src: str | Path,
+    dst: str | Path | None = None,
+    standalone: bool = True,
+    *,
+    overwrite: bool = False,
+    trust: bool = False,
+) -> Path:
     """Write the deploy form of Ultralytics checkpoint ``src`` to ``dst`` (default ``<src>-deploy.pt``).
 
     The source file is never modified (it stays usable for resume and fine-tuning). Weights are kept in
     float32 (Ultralytics stores float16): the folded kernels are not rounded again. With ``standalone``
     (default) the result must load without reparam: a model that keeps reparam modules after conversion
-    (DynamicConv) raises ValueError; ``standalone=False`` writes it anyway, and it then needs
-    ``import reparam.yolo`` before loading.
+    (DynamicConv) raises ValueError, and the written file is proven standalone by loading it weights-only
+    with every reparam class off the allow-list before it replaces anything; ``standalone=False`` writes it
+    anyway, and it then needs ``import reparam.yolo`` before loading. ``dst`` is written atomically and an
+    existing file is refused unless ``overwrite=True``. ``src`` is read weights-only against the
+    Ultralytics + reparam allow-list; ``trust=True`` unpickles it fully (for files from a trusted source).
     """
-    from ultralytics.utils.patches import torch_load
+    from reparam.yolo.safety import load_ultralytics_checkpoint
 
     src = Path(src)
     if not src.is_file():
@@ -124,8 +135,9 @@ def deploy_checkpoint(src: str | Path, dst: str | Path | None = None, standalone
     dst = Path(dst) if dst is not None else src.with_name(f"{src.stem}-deploy.pt")
     if dst.resolve() == src.resolve():
         raise ValueError("dst must differ from src: the training checkpoint stays untouched")
-    ckpt: dict[str, Any] = torch_load(src, map_location="cpu", weights_only=False)
-    source = ckpt.get("ema") or ckpt.get("model")
+    check_writable(dst, overwrite)  # refuse before the (slow) load and conversion
+    ckpt: dict[str, Any] = load_ultralytics_checkpoint(src, trust=trust)
+    source = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(source, nn.Module):
         raise ValueError(f"{src} holds no model under 'ema' or 'model'; is it an Ultralytics checkpoint?")
     model = to_stock_modules(copy.deepcopy(source).float().eval())
@@ -138,15 +150,39 @@ def deploy_checkpoint(src: str | Path, dst: str | Path | None = None, standalone
         )
     for p in model.parameters():
         p.requires_grad_(False)
+    note = _fine_tune_note(model)
     out = {k: v for k, v in ckpt.items() if k not in ("ema", "optimizer", "updates", "scaler")}
-    out.update(model=model, ema=None, optimizer=None, reparam_deploy={"source": str(src)})
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, dst)
-    if standalone:
-        leaked = [
-            g for g in torch.serialization.get_unsafe_globals_in_checkpoint(dst) if g.startswith("reparam")
-        ]
-        if leaked:
-            dst.unlink()
-            raise ValueError(f"deploy checkpoint would still reference reparam: {', '.join(leaked)}")
+    out.update(model=model, ema=None, optimizer=None, reparam_deploy={"source": str(src), "fine_tune": note})
+    with atomic_path(dst, overwrite=overwrite) as tmp:
+        torch.save(out, tmp)
+        if standalone:
+            _prove_standalone(tmp, dst)
+    if note:
+        warnings.warn(f"{dst}: {note}", stacklevel=2)
     return dst
+
+
+def _prove_standalone(path: Path, dst: Path) -> None:
+    """Load ``path`` weights-only with every reparam class off the allow-list; ValueError naming a leak."""
+    from reparam.yolo.safety import checkpoint_allow_list
+
+    stock = [e for e in checkpoint_allow_list() if not global_name(e).startswith("reparam.")]
+    try:
+        load_checkpoint(path, allowed=stock)
+    except ValueError as e:
+        raise ValueError(f"deploy checkpoint {dst} would not load without reparam: {e}") from None
+
+
+def _fine_tune_note(model: nn.Module) -> str:
+    """What fine-tuning the deploy checkpoint needs: its YAML rebuilds the model, naming reparam blocks."""
+    cfg = getattr(model, "yaml", None)
+    if not isinstance(cfg, dict):
+        return ""
+    rows = list(cfg.get("backbone", [])) + list(cfg.get("head", []))
+    names = sorted({str(r[2]) for r in rows if len(r) > 2 and str(r[2]) in registered_blocks()})
+    if not names:
+        return ""
+    return (
+        "predict, val and export need no reparam, but fine-tuning rebuilds the model from its YAML, whose "
+        f"rows {', '.join(names)} have no stock Ultralytics module: `import reparam.yolo` before training"
+    )

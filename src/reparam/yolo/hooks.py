@@ -1,4 +1,5 @@
-"""Hooks into Ultralytics: conversion inside ``fuse()``, a truthful ``is_fused()``, zoo YAML lookup.
+"""Hooks into Ultralytics: conversion inside ``fuse()``, a truthful ``is_fused()``, zoo YAML lookup and a
+loud ``load()`` when pretrained weights leave reparam tensors untouched.
 
 Ultralytics calls ``BaseModel.fuse()`` on the model it is about to run for inference (predict, standalone
 val, the final val after training, export, benchmark): on a loaded checkpoint or on the exporter's deep
@@ -9,33 +10,45 @@ where Ultralytics folds its own BNs, and in the right order: our blocks first, t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from reparam.convert import reparameterize
 
-__all__ = ["convert_model", "patch_fuse", "patch_yaml_lookup", "pending_blocks"]
+__all__ = [
+    "convert_model",
+    "patch_fuse",
+    "patch_load",
+    "patch_yaml_lookup",
+    "pending_blocks",
+    "untransferred_tensors",
+]
 
 # Ultralytics' own scale stripping (yaml_model_load): yolov8n-orepa.yaml -> yolov8-orepa.yaml
 _SCALE = re.compile(r"(\d+)([nslmx])(.+)?$")
 
 
 def _pending(module: nn.Module) -> bool:
-    """True for a module that conversion would still change: an unconverted block or an unfolded Conv-BN."""
-    if callable(getattr(module, "reparameterize", None)) and getattr(module, "deployed", None) is False:
-        return True
-    return (
-        type(module).__module__.startswith("reparam.")
-        and callable(getattr(module, "forward_fuse", None))
-        and isinstance(getattr(module, "bn", None), nn.BatchNorm2d)
-    )
+    """True for a module of the conversion protocol that is not converted yet."""
+    return callable(getattr(module, "reparameterize", None)) and getattr(module, "deployed", None) is False
+
+
+def _outermost(model: nn.Module, keep: Callable[[nn.Module], bool]) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` for the modules that ``keep`` accepts and that are not inside another one."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if keep(m) and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, m))
+    return found
 
 
 def pending_blocks(model: nn.Module) -> list[str]:
-    """Names of the reparam modules in ``model`` that are not converted yet."""
-    return [name for name, m in model.named_modules() if _pending(m)]
+    """Names of the outermost modules in ``model`` that are not converted yet (a container, not its parts)."""
+    return [name for name, _ in _outermost(model, _pending)]
 
 
 def convert_model(model: nn.Module) -> nn.Module:
@@ -74,6 +87,67 @@ def patch_fuse() -> None:
     fuse._reparam_patched = True  # type: ignore[attr-defined]
     BaseModel.fuse = fuse
     BaseModel.is_fused = is_fused
+
+
+def _is_reparam(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("reparam.")
+
+
+def untransferred_tensors(model: nn.Module, source: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """For each outermost reparam module of ``model``, its tensors that Ultralytics' transfer skips.
+
+    Ultralytics copies a tensor when ``source`` has the same key with the same shape (``intersect_dicts``);
+    returns ``{"<name> (layer <i> <Class>)": ["<key>: missing" | "<key>: shape (..) vs (..)", ...]}``
+    for the modules with at least one skipped tensor.
+    """
+    own = model.state_dict()
+    skipped: dict[str, list[str]] = {}
+    for name, block in _outermost(model, _is_reparam):
+        reasons = []
+        for key in (f"{name}.{k}" for k in block.state_dict()):
+            if key not in source:
+                reasons.append(f"{key}: missing")
+            elif source[key].shape != own[key].shape:
+                reasons.append(f"{key}: shape {tuple(source[key].shape)} vs {tuple(own[key].shape)}")
+        if reasons:
+            parts = name.split(".")
+            layer = f"layer {parts[1]} " if len(parts) > 1 and parts[1].isdigit() else ""
+            skipped[f"{name} ({layer}{type(block).__name__})"] = reasons
+    return skipped
+
+
+def patch_load() -> None:
+    """Wrap ``BaseModel.load`` to warn, naming the blocks, when reparam tensors are not transferred.
+
+    Ultralytics only prints "Transferred a/b items"; tensors it skips keep their initial values. Idempotent.
+    """
+    from ultralytics.nn.tasks import BaseModel
+
+    if getattr(BaseModel.load, "_reparam_patched", False):
+        return
+    original_load = BaseModel.load
+
+    def load(self: BaseModel, weights: Any, verbose: bool = True) -> Any:
+        """Ultralytics' load, then a warning listing the reparam tensors it skipped (even if not verbose)."""
+        from ultralytics.utils import LOGGER
+
+        out = original_load(self, weights, verbose=verbose)
+        source = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
+        skipped = untransferred_tensors(self, source.state_dict())
+        if skipped:
+            count = sum(len(v) for v in skipped.values())
+            details = "; ".join(
+                f"{block}: {len(v)} tensors ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                for block, v in skipped.items()
+            )
+            LOGGER.warning(
+                f"reparam: the pretrained weights skip {count} tensors of {len(skipped)} reparam blocks, "
+                f"which keep their initial values: {details}"
+            )
+        return out
+
+    load._reparam_patched = True  # type: ignore[attr-defined]
+    BaseModel.load = load
 
 
 def patch_yaml_lookup(cfg_dir: Path) -> None:

@@ -2,57 +2,86 @@
 
 ``parse_model`` looks a YAML module name up in ``ultralytics.nn.tasks`` globals and decides channel and
 repeat handling with frozensets built inside the function, so injecting globals is not enough. We rebuild
-``parse_model`` from its own source with three AST edits, executed in the ``tasks`` namespace:
+``parse_model`` from its own source with four AST edits, executed in the ``tasks`` namespace:
 
 * ``base_modules = frozenset(...)`` becomes ``frozenset(...) | _reparam_base_modules`` (``"conv"`` and
   ``"repeat"`` blocks: input channels injected, c2 width-scaled and capped by max_channels);
 * ``repeat_modules = frozenset(...)`` becomes ``frozenset(...) | _reparam_repeat_modules`` (``"repeat"``
   blocks also receive the depth-scaled n as third argument);
-* the final ``else: c2 = ch[f]`` gains a branch for ``"custom"`` blocks, whose rule computes the arguments.
+* the final ``else: c2 = ch[f]`` gains a branch for ``"custom"`` blocks, whose rule computes the arguments;
+* every call ``m(*args)`` becomes ``_reparam_builders.get(m, m)(*args)``: a reparam block is constructed by
+  its registry ``build`` (e.g. ``OREPA`` rows with k=1 build an ``OREPA_1x1``) while ``m`` stays the class,
+  so the type string, the frozenset membership and every ``m is X`` test of Ultralytics are unchanged.
+  Of the options for that last step (a 4th edit, a class-level ``__new__``/metaclass factory, a wrapper
+  class registered in place of the block) the edit is the least fragile: it touches only calls of the
+  local name ``m``, which every release since 8.0 uses, and needs no change to the block classes.
 
-Alternatives weighed: injecting globals alone gives wrong channels (c2 = ch[f], raw args); a copy of
-parse_model drifts from each Ultralytics release; textual source replacement breaks on reformatting;
-classes that hash equal to ``Conv`` would corrupt every set and dict keyed by class. Editing the AST of
-the installed function keeps every built-in rule of that release and fails loudly if its shape changes.
+Alternatives weighed for the whole: injecting globals alone gives wrong channels (c2 = ch[f], raw args);
+a copy of parse_model drifts from each Ultralytics release; textual source replacement breaks on
+reformatting; classes that hash equal to ``Conv`` would corrupt every set and dict keyed by class. Editing
+the AST of the installed function keeps every built-in rule of that release and fails loudly if its shape
+changes. The edited source is registered with ``linecache`` under ``PATCHED_FILENAME``, so tracebacks
+through it show its lines.
 
-The sets are live globals, so a block registered later only needs ``register()`` again. Any exception
-raised while a YAML row is built is re-raised as ValueError naming the row. Supported: Ultralytics 8.3
-and 8.4 (tested end to end with 8.4.190; the edits also apply to the parse_model of 8.3.0, which tests
-set literals, and of 8.3.100); another source layout fails loudly at registration naming the version.
+Around each call the wrapper (1) syncs the block registry into the tables, so a block registered at any
+time is usable in the next build; (2) sets the default activation of reparam blocks to the model's
+``activation:`` key, evaluated as Ultralytics evaluates it for ``Conv`` (SiLU when the key is absent);
+(3) re-raises any exception of a YAML row as ValueError naming the row, with a suggestion for unknown
+names. Supported: Ultralytics 8.3 and 8.4 (tested end to end with 8.4.190; the edits also apply to the
+parse_model of 8.3.0, which tests set literals, and of 8.3.100); another source layout fails loudly at
+registration naming the version.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
+import difflib
 import functools
 import importlib
 import inspect
+import linecache
 import pkgutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from types import CodeType, FunctionType, TracebackType
+from types import CodeType, FunctionType, ModuleType, TracebackType
 from typing import Any
 
 import torch
 from torch import nn
 
 import reparam.blocks
-from reparam.blocks.registry import BlockSpec, registered_blocks
-from reparam.models.yolov6 import scale_channels
+from reparam.blocks.act import use_default_act
+from reparam.blocks.registry import registered_blocks
 
-__all__ = ["CUSTOM_RULES", "patch_parse_model", "register_blocks", "register_safe_globals"]
+__all__ = [
+    "CUSTOM_RULES",
+    "PATCHED_FILENAME",
+    "patch_parse_model",
+    "register_blocks",
+    "register_safe_globals",
+    "unknown_module_message",
+]
 
 SUPPORTED_RANGE = (
     ">=8.3.0,<8.5 (end to end on 8.4.190; YAML build, fuse conversion and row errors on 8.3.0 and 8.3.100)"
 )
+PATCHED_FILENAME = "<reparam-patched ultralytics.nn.tasks.parse_model>"
+"""The file name tracebacks show for frames of the rebuilt parse_model (its source is in linecache)."""
 _ORIGINAL = "_reparam_original_parse_model"
+_NOT_OREPA = (
+    "OREPAConv: did you mean OREPA? the post's OREPAConv is not the paper's block (a ReLU inside a branch, "
+    "unfusable); reparam's OREPA is the paper's"
+)
 
 
 def _scaled(c2: int, width: float, max_channels: float) -> int:
-    """Ultralytics' width rule: ``make_divisible(min(c2, max_channels) * width, 8)``."""
-    return scale_channels(min(c2, max_channels), width)
+    """Ultralytics' own width rule: ``make_divisible(min(c2, max_channels) * width, 8)``."""
+    from ultralytics.utils.ops import make_divisible
+
+    return make_divisible(min(c2, max_channels) * width, 8)
 
 
 def _multi_input_rule(
@@ -66,10 +95,11 @@ def _multi_input_rule(
 
 
 # Explicit rules for "custom" blocks, by registered name: (ch, from, n, args, width, max_channels)
-# -> (c2, constructor args, n). A custom block without a rule is refused at registration.
+# -> (c2, constructor args, n). A custom block without a rule is refused at the next YAML build.
 CUSTOM_RULES: dict[str, Callable[..., tuple[int, list[Any], int]]] = {"BiC": _multi_input_rule}
 
 
+@functools.cache
 def _import_block_families() -> None:
     """Import every module of ``reparam.blocks`` so that each family's registration line has run."""
     for info in pkgutil.iter_modules(reparam.blocks.__path__):
@@ -84,8 +114,18 @@ def _extended(node: ast.expr, table: str) -> ast.BinOp:
     return ast.BinOp(left=node, op=ast.BitOr(), right=ast.Name(id=f"_reparam_{table}", ctx=ast.Load()))
 
 
+def _is_m_in(test: ast.expr) -> bool:
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "m"
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.In)
+    )
+
+
 class _ParseModelEditor(ast.NodeTransformer):
-    """The three AST edits described in the module docstring; counts what it found.
+    """The four AST edits described in the module docstring; counts what it found.
 
     Two layouts are known: 8.3.x (later releases) and 8.4 assign ``base_modules``/``repeat_modules``
     frozensets; early 8.3 releases test ``m in {Classify, Conv, ...}`` and, inside that branch,
@@ -93,34 +133,35 @@ class _ParseModelEditor(ast.NodeTransformer):
     """
 
     def __init__(self) -> None:
-        self.found: dict[str, int] = {"base_modules": 0, "repeat_modules": 0, "else": 0}
+        self.found: dict[str, int] = {"base_modules": 0, "repeat_modules": 0, "else": 0, "build": 0}
 
     def visit_Assign(self, node: ast.Assign) -> ast.AST:
+        self.generic_visit(node)
         target = node.targets[0] if len(node.targets) == 1 else None
         if isinstance(target, ast.Name) and target.id in ("base_modules", "repeat_modules"):
             self.found[target.id] += 1
             node.value = _extended(node.value, target.id)
         return node
 
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "m":
+            self.found["build"] += 1
+            node.func = ast.parse("_reparam_builders.get(m, m)", mode="eval").body
+        return node
+
     def visit_If(self, node: ast.If) -> ast.AST:
         self.generic_visit(node)
-        test = node.test
-        if not (
-            isinstance(test, ast.Compare)
-            and isinstance(test.left, ast.Name)
-            and test.left.id == "m"
-            and len(test.ops) == 1
-            and isinstance(test.ops[0], ast.In)
-        ):
+        if not _is_m_in(node.test):
             return node
-        target = test.comparators[0]
+        target = node.test.comparators[0]
         literal = _names(target)
         if {"BottleneckCSP", "C2f"} <= literal and "Conv" not in literal:  # early 8.3 repeat set
-            test.comparators[0] = _extended(target, "repeat_modules")
+            node.test.comparators[0] = _extended(target, "repeat_modules")
             self.found["repeat_modules"] += 1
             return node
         if {"Conv", "C2f"} <= literal:  # early 8.3 base set
-            test.comparators[0] = _extended(target, "base_modules")
+            node.test.comparators[0] = _extended(target, "base_modules")
             self.found["base_modules"] += 1
         elif not (isinstance(target, ast.Name) and target.id == "base_modules"):
             return node
@@ -136,6 +177,10 @@ class _ParseModelEditor(ast.NodeTransformer):
         self.found["else"] += 1
         return node
 
+    def missing(self) -> list[str]:
+        """The edits that did not apply as expected (each exactly once; ``m(...)`` calls at least once)."""
+        return [k for k, v in self.found.items() if (v < 1 if k == "build" else v != 1)]
+
 
 def _ultralytics_version() -> str:
     import ultralytics
@@ -143,26 +188,36 @@ def _ultralytics_version() -> str:
     return ultralytics.__version__
 
 
-def _build_patched(original: FunctionType, tasks: Any) -> FunctionType:
-    source = textwrap.dedent(inspect.getsource(original))
-    tree = ast.parse(source)
+def _build_patched(original: FunctionType, tasks: ModuleType) -> FunctionType:
+    """Compile the edited parse_model in the ``tasks`` namespace; its source goes to linecache."""
     editor = _ParseModelEditor()
-    tree = editor.visit(tree)
-    missing = [k for k, v in editor.found.items() if v != 1]
+    tree = editor.visit(ast.parse(textwrap.dedent(inspect.getsource(original))))
+    missing = editor.missing()
     if missing:
         raise RuntimeError(
             f"reparam cannot register its blocks with ultralytics {_ultralytics_version()}: parse_model no "
-            f"longer has the expected structure ({', '.join(missing)} not found exactly once). "
+            f"longer has the expected structure ({', '.join(missing)} not found as expected). "
             f"Supported ultralytics: {SUPPORTED_RANGE}."
         )
-    ast.fix_missing_locations(tree)
-    code = compile(tree, filename=f"<reparam-patched {original.__module__}.parse_model>", mode="exec")
+    source = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    linecache.cache[PATCHED_FILENAME] = (len(source), None, source.splitlines(True), PATCHED_FILENAME)
     namespace: dict[str, Any] = {}
-    exec(code, tasks.__dict__, namespace)
+    exec(compile(source, PATCHED_FILENAME, "exec"), tasks.__dict__, namespace)
     return namespace[original.__name__]
 
 
+def unknown_module_message(name: str) -> str:
+    """Why YAML module ``name`` is unknown, with the closest registered reparam name when there is one."""
+    if name == "OREPAConv":
+        return _NOT_OREPA
+    known = sorted(registered_blocks())
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"reparam blocks: {', '.join(known)}"
+    return f"unknown module {name!r}: neither an Ultralytics module nor a registered reparam block; {hint}"
+
+
 def _row_error(err: BaseException, code: CodeType, rows: list[Any], yaml_file: str) -> ValueError | None:
+    """``err`` raised while building a YAML row, as ValueError naming the row (None: not inside a row)."""
     tb: TracebackType | None = err.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code is code and "i" in tb.tb_frame.f_locals:
@@ -170,33 +225,68 @@ def _row_error(err: BaseException, code: CodeType, rows: list[Any], yaml_file: s
             row = rows[i] if isinstance(i, int) and i < len(rows) else "?"
             where = f" of {yaml_file}" if yaml_file else ""
             name = row[2] if isinstance(row, list) and len(row) > 2 else None
-            if isinstance(err, KeyError) and err.args and err.args[0] == name:
-                reason = (
-                    f"unknown module {name!r}: neither an Ultralytics module nor a registered reparam block "
-                    f"({', '.join(sorted(registered_blocks()))})"
-                )
-            else:
-                reason = f"{type(err).__name__}: {err}"
+            unknown = isinstance(err, KeyError) and err.args == (name,) and name not in registered_blocks()
+            reason = unknown_module_message(name) if unknown else f"{type(err).__name__}: {err}"
             return ValueError(f"model YAML row {i}{where} {row}: {reason}")
         tb = tb.tb_next
     return None
+
+
+def _check_rows(d: dict, rows: list[Any], yaml_file: str) -> None:
+    """ValueError naming a reparam row whose output channels (first argument, which Ultralytics scales
+    before the block sees it) are not a positive number; Ultralytics would fail comparing it to an int."""
+    where = f" of {yaml_file}" if yaml_file else ""
+    specs = registered_blocks()
+    for i, row in enumerate(rows):
+        name = row[2] if isinstance(row, list) and len(row) == 4 else None
+        spec = specs.get(name) if isinstance(name, str) else None
+        if spec is None or spec.signature == "custom" or not isinstance(row[3], list) or not row[3]:
+            continue
+        c2 = row[3][0]
+        if isinstance(c2, str):
+            with contextlib.suppress(ValueError, SyntaxError):  # as Ultralytics: a name or a literal
+                c2 = d[c2] if c2 in d else ast.literal_eval(c2)
+        if isinstance(c2, bool) or not isinstance(c2, int | float) or not c2 > 0:
+            raise ValueError(
+                f"model YAML row {i}{where} {row}: c2={row[3][0]!r} (the first argument, output channels) "
+                "must be a positive number"
+            )
+
+
+def _model_activation(act: Any, tasks: ModuleType) -> nn.Module:
+    """The module Ultralytics makes ``Conv.default_act`` for a YAML ``activation:`` value; SiLU if unset."""
+    if not act:
+        return nn.SiLU()
+    safe = getattr(tasks, "_SafeLoad", None)
+    try:
+        if safe is not None and safe.restricted():
+            return safe.activation(act)
+        module = eval(act, vars(tasks))  # the very expression parse_model evaluates for Conv.default_act
+    except Exception as err:
+        raise ValueError(f"model YAML activation: {act!r} is not an activation module: {err}") from err
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"model YAML activation: {act!r} is not an activation module (it is {type(module)})")
+    return module
 
 
 def patch_parse_model() -> None:
     """Replace ``ultralytics.nn.tasks.parse_model`` by the rebuilt one (idempotent)."""
     import ultralytics.nn.tasks as tasks
 
-    original = getattr(tasks, _ORIGINAL, None) or tasks.parse_model
     if getattr(tasks.parse_model, "_reparam_patched", False):
         return
+    original = getattr(tasks, _ORIGINAL, None) or tasks.parse_model
     patched = _build_patched(original, tasks)
     code = patched.__code__
 
     @functools.wraps(original)
     def parse_model(d: dict, ch: int, verbose: bool = True) -> tuple[nn.Sequential, list[int]]:
+        _sync_registry(tasks)
         rows = copy.deepcopy(list(d.get("backbone", [])) + list(d.get("head", [])))
+        _check_rows(d, rows, str(d.get("yaml_file", "")))
         try:
-            return patched(d, ch, verbose)
+            with use_default_act(_model_activation(d.get("activation"), tasks)):
+                return patched(d, ch, verbose)
         except Exception as err:
             named = _row_error(err, code, rows, str(d.get("yaml_file", "")))
             if named is None:
@@ -208,41 +298,61 @@ def patch_parse_model() -> None:
     tasks.parse_model = parse_model
 
 
-def register_blocks() -> list[str]:
-    """Put every registered reparam block into the patched parse_model's tables; returns the YAML names."""
-    import ultralytics.nn.tasks as tasks
+def _sync_registry(tasks: ModuleType) -> list[str]:
+    """Rebuild the patched parse_model's tables and names from the block registry; returns the names.
 
+    Names this function put into ``tasks`` earlier are replaced or removed with the registry; a name that
+    Ultralytics itself defines is a clash.
+    """
     _import_block_families()
-    base: set[type] = tasks.__dict__.setdefault("_reparam_base_modules", set())
-    repeat: set[type] = tasks.__dict__.setdefault("_reparam_repeat_modules", set())
-    custom: dict[type, Callable[..., Any]] = tasks.__dict__.setdefault("_reparam_custom_rules", {})
-    names = []
-    for name, spec in sorted(registered_blocks().items()):
+    owned: set[str] = tasks.__dict__.get("_reparam_names", set())
+    base: set[type] = set()
+    repeat: set[type] = set()
+    custom: dict[type, Callable[..., Any]] = {}
+    builders: dict[type, Callable[..., nn.Module]] = {}
+    specs = registered_blocks()
+    for name, spec in specs.items():
         existing = tasks.__dict__.get(name)
-        if existing is not None and existing is not spec.cls:
+        if existing is not None and existing is not spec.cls and name not in owned:
             raise RuntimeError(
                 f"reparam block {name!r} clashes with {existing!r} already defined in ultralytics "
                 f"{_ultralytics_version()}; supported ultralytics: {SUPPORTED_RANGE}"
             )
-        _add(spec, base, repeat, custom)
-        tasks.__dict__[name] = spec.cls
-        names.append(name)
+        if spec.signature == "custom":
+            if spec.name not in CUSTOM_RULES:
+                raise RuntimeError(
+                    f"custom block {spec.name!r} has no Ultralytics YAML rule: add one to "
+                    "reparam.yolo.integration.CUSTOM_RULES"
+                )
+            custom[spec.cls] = CUSTOM_RULES[spec.name]
+        else:
+            base.add(spec.cls)
+        if spec.signature == "repeat":
+            repeat.add(spec.cls)
+        builders[spec.cls] = spec.build
+    for stale in owned - specs.keys():
+        tasks.__dict__.pop(stale, None)
+    tasks.__dict__.update({name: spec.cls for name, spec in specs.items()})
+    tasks.__dict__.update(
+        _reparam_names=set(specs),
+        _reparam_base_modules=base,
+        _reparam_repeat_modules=repeat,
+        _reparam_custom_rules=custom,
+        _reparam_builders=builders,
+    )
+    return sorted(specs)
+
+
+def register_blocks() -> list[str]:
+    """Put every registered reparam block into the patched parse_model's tables; returns the YAML names.
+
+    Needed once: the patched parse_model re-reads the registry at each call.
+    """
+    import ultralytics.nn.tasks as tasks
+
+    names = _sync_registry(tasks)
     patch_parse_model()
     return names
-
-
-def _add(spec: BlockSpec, base: set[type], repeat: set[type], custom: dict[type, Callable[..., Any]]) -> None:
-    if spec.signature in ("conv", "repeat"):
-        base.add(spec.cls)
-    if spec.signature == "repeat":
-        repeat.add(spec.cls)
-    if spec.signature == "custom":
-        if spec.name not in CUSTOM_RULES:
-            raise RuntimeError(
-                f"custom block {spec.name!r} has no Ultralytics YAML rule: add one to "
-                "reparam.yolo.integration.CUSTOM_RULES"
-            )
-        custom[spec.cls] = CUSTOM_RULES[spec.name]
 
 
 def register_safe_globals() -> list[type]:

@@ -1,0 +1,356 @@
+"""Safe file I/O: atomic writes that never replace a file unless asked, and checkpoint reads that never run
+code from the file (weights-only unpickling against an allow-list, checked before anything is unpickled)."""
+
+from __future__ import annotations
+
+import _compat_pickle
+import contextlib
+import io
+import os
+import pickle
+import pickletools
+import shutil
+import tempfile
+import threading
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from torch import nn
+
+__all__ = [
+    "TRUST_HINT",
+    "AllowEntry",
+    "OverwriteRefusedError",
+    "UnsafeCheckpointError",
+    "atomic_path",
+    "atomic_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_writable",
+    "checkpoint_globals",
+    "global_name",
+    "load_checkpoint",
+]
+
+AllowEntry = Callable[..., Any] | tuple[Callable[..., Any], str]
+"""An allow-list entry as torch takes it: a class/function, or ``(object, "module.Name")`` for an alias."""
+
+TRUST_HINT = "pass trust=True (CLI: trust=True) only if you trust where the file came from"
+_LOCK = threading.Lock()  # torch's safe-globals set is process-wide; scope our additions one load at a time
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint asks for a global (class or function) off the allow-list, so loading it could run code."""
+
+
+class OverwriteRefusedError(FileExistsError, ValueError):
+    """A write would replace an existing file and the caller did not pass ``overwrite=True``."""
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path (same folder, same file name) for a writer; on success move it onto ``path``.
+
+    The move is a rename on the same file system, so readers see the old file or the new one, never half of
+    one; if the writer raises, the previous file is untouched and the temporary folder is removed.
+    """
+    target = check_writable(path, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        tmp = tmp_dir / target.name
+        yield tmp
+        if not tmp.is_file():
+            raise RuntimeError(f"the writer did not create {tmp} (it was to become {target})")
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        _commit(tmp, target, overwrite)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; refuses an existing file unless ``overwrite=True``."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(
+    text: str, path: str | os.PathLike[str], *, overwrite: bool = False, encoding: str = "utf-8"
+) -> Path:
+    """Write ``text`` to ``path`` atomically; refuses an existing file unless ``overwrite=True``."""
+    return atomic_write_bytes(text.encode(encoding), path, overwrite=overwrite)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """``torch.save`` to ``path`` atomically; refuses an existing file unless ``overwrite=True``."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def check_writable(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """``path`` as a Path if a writer may create it; ValueError for a directory, OverwriteRefusedError for an
+    existing file without ``overwrite=True``. Callers check before expensive work; the write checks again."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"output path {str(target)!r} is a directory; give a file name")
+    if target.exists() and not overwrite:
+        raise _exists(target)
+    return target
+
+
+def _exists(target: Path) -> OverwriteRefusedError:
+    return OverwriteRefusedError(f"{str(target)!r} already exists; pass overwrite=True to replace it")
+
+
+def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, target)
+    else:
+        try:
+            os.link(tmp, target)  # fails if the file appeared while we wrote: never clobber it
+        except FileExistsError:
+            raise _exists(target) from None
+        except OSError:  # a file system without hard links
+            if target.exists():
+                raise _exists(target) from None
+            os.replace(tmp, target)
+    with contextlib.suppress(OSError):  # persist the rename itself (POSIX; not possible on Windows)
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------- checkpoint reads
+def load_checkpoint(
+    path: str | os.PathLike[str], *, trust: bool = False, allowed: Iterable[AllowEntry] = ()
+) -> Any:
+    """Load a ``torch.save`` file on the CPU without running code from it.
+
+    The pickle is read statically first: every global it asks for must be on torch's weights-only set or
+    in ``allowed``, and it may not call a module class's constructor; otherwise ``UnsafeCheckpointError``
+    names the first offending global before anything is unpickled. ``trust=True`` loads with full pickle
+    (which runs the file's code).
+    Unreadable files (missing, a directory, truncated, corrupt, not a checkpoint) raise ``ValueError``.
+    """
+    file = _readable(path)
+    if trust:
+        return _load_trusted(file)
+    table = {global_name(entry): entry for entry in allowed}
+    defaults = _torch_default_globals()
+    names, constructed = _scan_file(file)
+    for name in names:
+        if name not in defaults and name not in table:
+            raise UnsafeCheckpointError(
+                f"checkpoint {str(file)!r} asks for {name}, which is not on the allow-list of classes a "
+                f"checkpoint may load; {TRUST_HINT}"
+            )
+    for name in constructed:
+        obj = _target(table[name]) if name in table else None
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            raise UnsafeCheckpointError(
+                f"checkpoint {str(file)!r} calls the constructor of {name} (saved models are rebuilt without "
+                f"constructors, so this can run code); {TRUST_HINT}"
+            )
+    return _load_weights_only(file, [table[n] for n in dict.fromkeys(names) if n in table])
+
+
+def checkpoint_globals(path: str | os.PathLike[str]) -> list[str]:
+    """Every global (``module.Name``) a ``torch.save`` file or plain pickle asks for, in first-use order,
+    read statically (nothing is unpickled). Raises ``ValueError`` for unreadable files."""
+    return _scan_file(_readable(path))[0]
+
+
+def global_name(entry: AllowEntry) -> str:
+    """The ``module.Name`` under which an allow-list entry is looked up (torch's own convention)."""
+    if isinstance(entry, tuple):
+        return entry[1]
+    return f"{entry.__module__}.{entry.__qualname__}"
+
+
+def _target(entry: AllowEntry) -> Any:
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
+def _readable(path: str | os.PathLike[str]) -> Path:
+    file = Path(path)
+    if not file.exists():
+        raise ValueError(f"checkpoint {str(file)!r} does not exist")
+    if not file.is_file():
+        raise ValueError(f"checkpoint {str(file)!r} is not a file")
+    return file
+
+
+def _torch_default_globals() -> set[str]:
+    from torch import _weights_only_unpickler
+
+    return set(_weights_only_unpickler._get_allowed_globals())
+
+
+def _load_weights_only(file: Path, entries: list[AllowEntry]) -> Any:
+    with _LOCK:
+        registered = set(torch.serialization.get_safe_globals())
+        extra = [e for e in entries if e not in registered]  # never remove a process-wide entry on exit
+        try:
+            with torch.serialization.safe_globals(extra):
+                return torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(
+                f"checkpoint {str(file)!r} cannot be loaded weights-only ({_first_line(e)}); {TRUST_HINT}"
+            ) from e
+        except Exception as e:  # weights-only unpickling runs no code from the file: any error is the file's
+            raise _unreadable(file, e) from e
+
+
+def _load_trusted(file: Path) -> Any:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"checkpoint {str(file)!r} needs module {e.name!r}, which is not installed") from e
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise _unreadable(file, e) from e
+
+
+def _unreadable(file: Path, error: BaseException) -> ValueError:
+    return ValueError(
+        f"checkpoint {str(file)!r} is not a readable torch checkpoint (empty, truncated or corrupt?): "
+        f"{type(error).__name__}: {_first_line(error)}"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
+# ------------------------------------------------------------------------------------ static pickle scanning
+class _Global(str):
+    """A global pushed on the simulated pickle stack (kept apart from plain strings)."""
+
+
+_MARK = object()
+
+
+class _NotACheckpointError(Exception):
+    """A readable file of another kind (its message completes "checkpoint 'x' ...")."""
+
+
+def _scan_file(file: Path) -> tuple[list[str], list[str]]:
+    """Globals asked for (first-use order) and globals called as constructors, zip or legacy torch file."""
+    try:
+        with file.open("rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":
+                return _scan_zip(file)
+        # In memory: a random length prefix then reads what is there instead of allocating its size.
+        return _scan_legacy(io.BytesIO(file.read_bytes()))
+    except _NotACheckpointError as e:
+        raise ValueError(f"checkpoint {str(file)!r} {e}") from None
+    except (
+        ValueError, IndexError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, MemoryError,
+        OverflowError,
+    ) as e:  # fmt: skip
+        raise _unreadable(file, e) from e
+
+
+def _scan_zip(file: Path) -> tuple[list[str], list[str]]:
+    with zipfile.ZipFile(file) as archive:
+        names = archive.namelist()
+        if any(n.endswith("/constants.pkl") for n in names):
+            raise _NotACheckpointError(
+                "is a TorchScript archive (torch.jit.save); load it with torch.jit.load"
+            )
+        data = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(data) != 1:
+            raise _NotACheckpointError("is a zip file without the data.pkl record that torch.save writes")
+        return _scan_pickles(io.BytesIO(archive.read(data[0])), count=1)
+
+
+def _scan_legacy(fh: BinaryIO) -> tuple[list[str], list[str]]:
+    """Legacy ``torch.save`` (magic number, protocol, system info, object, storage keys) or one raw pickle."""
+    first = list(pickletools.genops(fh))
+    magic = torch.serialization.MAGIC_NUMBER
+    is_torch = any(op.name.startswith("LONG") and arg == magic for op, arg, _ in first)
+    if not is_torch:
+        fh.seek(0)
+        return _scan_pickles(fh, count=1)
+    return _scan_pickles(fh, count=4)
+
+
+def _scan_pickles(fh: BinaryIO, count: int) -> tuple[list[str], list[str]]:
+    names: dict[str, None] = {}
+    constructed: dict[str, None] = {}
+    for _ in range(count):
+        _scan_one(fh, names, constructed)
+    return list(names), list(constructed)
+
+
+def _scan_one(fh: BinaryIO, names: dict[str, None], constructed: dict[str, None]) -> None:
+    """Simulate one pickle's stack without building anything, recording globals and REDUCE callees."""
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+    for op, arg, _ in pickletools.genops(fh):
+        pushed: Any = None
+        if op.name in ("GLOBAL", "INST"):
+            pushed = _Global(_mapped(*arg.split(" ", 1)))
+        elif op.name == "STACK_GLOBAL":
+            module, attr = stack[-2], stack[-1]
+            pushed = _Global(_mapped(module, attr) if _plain_str(module, attr) else "<computed STACK_GLOBAL>")
+        elif op.name.startswith("EXT"):
+            pushed = _Global(f"<copyreg extension {arg}>")
+        elif op.name in ("REDUCE", "OBJ"):  # calls: REDUCE f(args); OBJ the class just above the mark
+            callee = stack[-2] if op.name == "REDUCE" else stack[len(stack) - stack[::-1].index(_MARK)]
+            if isinstance(callee, _Global):
+                constructed[str(callee)] = None
+        if isinstance(pushed, _Global):
+            names[str(pushed)] = None
+            if op.name == "INST":  # INST calls the class with the arguments above the mark
+                constructed[str(pushed)] = None
+        elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+            pushed = arg
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed = memo[arg]
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = stack[-1]
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+        _apply_stack_effect(op, stack, pushed)
+
+
+def _apply_stack_effect(op: pickletools.OpcodeInfo, stack: list[Any], pushed: Any) -> None:
+    before, after = op.stack_before, op.stack_after
+    if op.name in ("MEMOIZE", "DUP"):  # keep the object itself on the stack (a global may be memoized)
+        stack.extend(stack[-1:] if op.name == "DUP" else [])
+        return
+    if pickletools.markobject in before:
+        while stack.pop() is not _MARK:
+            pass
+        del stack[len(stack) - before.index(pickletools.markobject) :]
+    elif before:
+        if len(stack) < len(before):
+            raise ValueError(f"pickle stack underflow at {op.name}")
+        del stack[len(stack) - len(before) :]
+    if op.name == "MARK":
+        stack.append(_MARK)
+    elif after:
+        stack.extend([None] * (len(after) - 1) + [pushed])
+
+
+def _plain_str(*values: Any) -> bool:
+    return all(type(v) is str for v in values)
+
+
+def _mapped(module: str, name: str) -> str:
+    """Apply the Python 2 name mapping that pickle (and torch's weights-only unpickler) applies."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"

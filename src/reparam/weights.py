@@ -1,0 +1,367 @@
+"""``load_weights``: load checkpoints of the official RepVGG / DBB / OREPA code, YOLOv6 and timm-CondConv
+DynamicConv (and reparam's own) into reparam blocks of the same geometry, so they compute the same function.
+
+Each reparam block of the model takes the source tensors under its own path prefix, translated from the
+layout they were saved in (detected per block); everything outside blocks loads by name. RepVGG's official
+code and YOLOv6 (RepVGGBlock, QARepVGGBlock) use reparam's own tensor names, so they load as 'reparam'.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reparam.blocks.base import ReparamBlock
+from reparam.blocks.dbb import DBB
+from reparam.blocks.dynamic import DynamicConv
+from reparam.blocks.orepa import OREPA
+from reparam.blocks.repvgg import QARepVGGBlock, RepVGGBlock
+from reparam.io import load_checkpoint
+from reparam.text import text_table
+
+__all__ = ["BlockLoad", "LoadReport", "load_weights"]
+
+_SHOWN = 10
+_NBT = "num_batches_tracked"
+_DEPLOY = {  # official deploy conv name and the layout it is reported as
+    RepVGGBlock: ("rbr_reparam", "repvgg-deploy"),
+    QARepVGGBlock: ("rbr_reparam", "repvgg-deploy"),
+    DBB: ("dbb_reparam", "dbb-deploy"),
+    OREPA: ("orepa_reparam", "orepa-deploy"),
+}
+Mapped = dict[str, tuple[str, Tensor]]  # target key (relative) -> (source key (relative), tensor)
+
+
+@dataclass(frozen=True)
+class BlockLoad:
+    """One block: its path, class, the layout its tensors were saved in, and how many were mapped."""
+
+    name: str
+    block: str
+    layout: str
+    tensors: int
+
+
+@dataclass
+class LoadReport:
+    """Outcome of :func:`load_weights`: per-block layouts, tensors loaded by name, and what did not map."""
+
+    blocks: list[BlockLoad]
+    by_name: int  # tensors outside reparam blocks, loaded under their own names
+    unexpected: list[str]  # source keys with no place in the model
+    missing: list[str]  # model keys the source did not provide (left unchanged)
+    ignored: list[str] = field(default_factory=list)  # source num_batches_tracked with no BN to go to
+
+    @property
+    def loaded(self) -> int:
+        """Tensors copied into the model."""
+        return self.by_name + sum(b.tensors for b in self.blocks)
+
+    @property
+    def ok(self) -> bool:
+        """True when every source tensor mapped and every model tensor was provided."""
+        return not self.unexpected and not self.missing
+
+    def table(self) -> str:
+        """The per-block layouts as a fixed-width text table."""
+        rows = [
+            {"block": b.name or "<model>", "class": b.block, "layout": b.layout, "tensors": b.tensors}
+            for b in self.blocks
+        ]
+        return text_table(rows) if rows else "(no reparam blocks)"
+
+    def __str__(self) -> str:
+        lines = [
+            f"loaded {self.loaded} tensors: {sum(b.tensors for b in self.blocks)} into {len(self.blocks)} "
+            f"reparam block(s), {self.by_name} by name elsewhere",
+            self.table(),
+        ]
+        if self.unexpected:
+            lines.append(f"unmapped source tensors: {_listing(self.unexpected)}")
+        if self.missing:
+            lines.append(f"model tensors not provided (unchanged): {_listing(self.missing)}")
+        if self.ignored:
+            lines.append(f"ignored BN counters: {_listing(self.ignored)}")
+        return "\n".join(lines)
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN])
+    return f"{shown} and {len(keys) - _SHOWN} more ({len(keys)} in all)" if len(keys) > _SHOWN else shown
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _is_state(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def _state_dict(obj: Any) -> dict[str, Tensor]:
+    """The tensor mapping in ``obj``: itself, or under 'state_dict' / 'model' (a mapping or a module)."""
+    if _is_state(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                inner = inner.state_dict()
+            if _is_state(inner):
+                return dict(inner)
+        found = ", ".join(repr(k) for k in list(obj)[:_SHOWN])
+        raise ValueError(
+            "state_dict_or_path holds no state dict: expected a mapping of tensors, or a checkpoint with one "
+            f"under 'state_dict' or 'model'; top-level keys: {found or '(none)'}"
+        )
+    raise ValueError(f"state_dict_or_path must be a mapping of tensors or a path, got {type(obj).__name__}")
+
+
+def _strip_parallel(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the 'module.' prefix (Data/DistributedDataParallel) when every key has it."""
+    while state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _read(source: Any, trust: bool) -> dict[str, Tensor]:
+    if isinstance(source, str | os.PathLike):
+        source = load_checkpoint(source, trust=trust)  # weights-only unless the caller trusts the file
+    return _strip_parallel(_state_dict(source))
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+def _direct(sub: dict[str, Tensor], renames: Callable[[str], str] = lambda k: k) -> tuple[Mapped, list[str]]:
+    mapped: Mapped = {}
+    for key, t in sub.items():
+        mapped[renames(key)] = (key, t)
+    return mapped, []
+
+
+def _fit(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` reshaped to ``like``'s shape when the element counts agree (else unchanged: a shape error)."""
+    return t.reshape(like.shape) if t.numel() == like.numel() else t
+
+
+def _deploy(block: nn.Module, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]] | None:
+    """The official deploy layout (``<x>_reparam.weight/bias``) into a deployed block's ``conv``."""
+    prefix, layout = _DEPLOY.get(type(block), ("", ""))
+    if not prefix or not any(k.startswith(prefix + ".") for k in sub):
+        return None
+    mapped, _ = _direct(sub, lambda k: "conv" + k[len(prefix) :] if k.startswith(prefix + ".") else k)
+    return layout, mapped, []
+
+
+_DBB_RENAMES = {"dbb_avg.bn.bn.": "dbb_avg.bn.", "dbb_1x1_kxk.bn1.bn.": "dbb_1x1_kxk.bn1."}
+
+
+def _dbb(block: DBB, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
+    """BN-and-pad wraps its BN (``.bn.bn.``); a non-identity first 1x1 (``conv1``) becomes ``idconv1``."""
+    official = any(k.startswith(tuple(_DBB_RENAMES)) or k.startswith("dbb_1x1_kxk.conv1.") for k in sub)
+
+    def rename(key: str) -> str:
+        for old, new in _DBB_RENAMES.items():
+            if key.startswith(old):
+                return new + key[len(old) :]
+        return key
+
+    mapped, _ = _direct({k: v for k, v in sub.items() if k != "dbb_1x1_kxk.conv1.weight"}, rename)
+    if "dbb_1x1_kxk.conv1.weight" in sub:
+        ident = block.dbb_1x1_kxk.idconv1.id_tensor
+        w = _fit(sub["dbb_1x1_kxk.conv1.weight"], ident)
+        delta = w - ident.to(w) if w.shape == ident.shape else w
+        mapped["dbb_1x1_kxk.idconv1.weight"] = ("dbb_1x1_kxk.conv1.weight", delta)
+        mapped["dbb_1x1_kxk.idconv1.id_tensor"] = ("(identity)", ident)
+    return ("dbb-official" if official else "reparam"), mapped, []
+
+
+_OREPA_NAMES = {
+    "weight_orepa_origin": "gen.weight_origin",
+    "weight_orepa_avg_conv": "gen.weight_avg",
+    "weight_orepa_pfir_conv": "gen.weight_prior",
+    "weight_orepa_1x1": "gen.weight_1x1",
+    "weight_orepa_1x1_kxk_idconv1": "gen.weight_1x1_kxk_idconv1",
+    "weight_orepa_1x1_kxk_conv2": "gen.weight_1x1_kxk_conv2",
+    "weight_orepa_gconv_dw": "gen.weight_dw",
+    "vector": "gen.vector",
+    "id_tensor": "gen.id_tensor",
+}
+
+
+def _orepa_pw(pw: Tensor, g: int) -> Tensor:
+    """The reference builds its depthwise-separable kernel from ``pw.view(O/g, g, ...)``, so its kernel row
+    ``c * O/g + a`` (group c) uses saved row ``a * g + c``; reorder the rows into reparam's grouped layout."""
+    o = pw.shape[0]
+    og = o // g
+    rows = torch.arange(o)
+    return pw[(rows % og) * g + rows // og]
+
+
+def _orepa(block: OREPA, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
+    """OREPA (JUGGHM/OREPA_CVPR2022): names, the grouped pointwise row order, and the saved fixed filters
+    (mean filter and frequency prior) written into ``gen.fixed_filters``."""
+    gen = block.gen
+    own = gen.state_dict()
+    mapped: Mapped = {}
+    rest: list[str] = []
+    for key, t in sub.items():
+        if key in _OREPA_NAMES:
+            target = _OREPA_NAMES[key]
+            mapped[target] = (key, _fit(t, own[target[len("gen.") :]]))
+        elif key == "weight_orepa_gconv_pw":
+            mapped["gen.weight_pw"] = (key, _orepa_pw(t, block.g))
+        elif key == "weight_orepa_1x1_kxk_conv1":  # older form without the identity buffer
+            ident = gen.id_tensor
+            w = _fit(t, ident)
+            mapped["gen.weight_1x1_kxk_idconv1"] = (key, _fit(w - ident.to(w), gen.weight_1x1_kxk_idconv1))
+            mapped["gen.id_tensor"] = ("(identity)", ident)
+        elif key.startswith("bn."):
+            mapped[key] = (key, t)
+        elif key not in ("weight_orepa_avg_avg", "weight_orepa_prior"):
+            rest.append(key)
+    if "weight_orepa_prior" in sub:
+        filters = gen.fixed_filters.detach().clone()
+        view = filters.view(filters.shape[0], block.c2, block.k, block.k)
+        view[1] = sub["weight_orepa_prior"].reshape(block.c2, block.k, block.k)
+        if "weight_orepa_avg_avg" in sub:
+            view[0] = sub["weight_orepa_avg_avg"].reshape(block.k, block.k)
+        mapped["gen.fixed_filters"] = ("weight_orepa_prior", filters)
+    elif "weight_orepa_avg_avg" in sub:
+        rest.append("weight_orepa_avg_avg")
+    return "orepa-official", mapped, rest
+
+
+_CONDCONV = {
+    "routing.weight": "routing_weight",
+    "routing.bias": "routing_bias",
+    "cond_conv.weight": "weight",
+    "cond_conv.bias": "bias",
+}
+
+
+def _dynamic(block: DynamicConv, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
+    """timm CondConv2d + routing Linear: ``cond_conv.weight (E, c2*c1/g*k*k)`` -> ``weight (E, c2, P)``."""
+    own = block.state_dict()
+    mapped: Mapped = {}
+    rest: list[str] = []
+    for key, t in sub.items():
+        target = _CONDCONV.get(key)
+        if target is None:
+            rest.append(key)
+        else:
+            mapped[target] = (key, _fit(t, own[target]) if target in own else t)
+    return "timm-condconv", mapped, rest
+
+
+def _translate(block: nn.Module, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
+    """(layout, mapped tensors, unmappable source keys) for one block's source tensors (relative keys)."""
+    if isinstance(block, ReparamBlock) and block.deployed:
+        deploy = _deploy(block, sub)
+        if deploy is not None:
+            return deploy
+    if isinstance(block, OREPA) and not block.deployed and any(k.startswith("weight_orepa_") for k in sub):
+        return _orepa(block, sub)
+    if isinstance(block, DBB) and not block.deployed:
+        return _dbb(block, sub)
+    if isinstance(block, DynamicConv) and any(k in sub for k in ("routing.weight", "cond_conv.weight")):
+        return _dynamic(block, sub)
+    mapped, _ = _direct(sub)
+    return "reparam", mapped, []
+
+
+# ------------------------------------------------------------------------------------------------ loading
+_LAYOUT_BLOCKS = (RepVGGBlock, QARepVGGBlock, DBB, OREPA, DynamicConv)
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The blocks whose tensors may come in a foreign layout, deepest paths first."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYOUT_BLOCKS)]
+    return sorted(found, key=lambda item: -item[0].count(".") - bool(item[0]))
+
+
+def _take(state: dict[str, Tensor], name: str) -> dict[str, Tensor]:
+    """Remove and return the tensors under ``name`` (all of them for the root), keys made relative."""
+    if not name:
+        sub = dict(state)
+        state.clear()
+        return sub
+    prefix = name + "."
+    keys = [k for k in state if k.startswith(prefix)]
+    return {k[len(prefix) :]: state.pop(k) for k in keys}
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _map(model: nn.Module, state: dict[str, Tensor]) -> tuple[Mapped, list[BlockLoad], list[str], list[str]]:
+    """Target key -> (source key, tensor); block rows; unmappable source keys; keys outside blocks."""
+    state = dict(state)
+    mapped: Mapped = {}
+    rows: list[BlockLoad] = []
+    unmapped: list[str] = []
+    for name, block in _blocks(model):
+        sub = _take(state, name)
+        if not sub:
+            continue
+        layout, got, rest = _translate(block, sub)
+        for target, (source, t) in got.items():
+            mapped[_join(name, target)] = (_join(name, source), t)
+        unmapped += [_join(name, k) for k in rest]
+        rows.append(BlockLoad(name, type(block).__name__, layout, len(got)))
+    for key, t in state.items():
+        mapped[key] = (key, t)
+    return mapped, sorted(rows, key=lambda r: r.name), unmapped, list(state)
+
+
+def _check_shapes(mapped: Mapped, own: dict[str, Tensor]) -> None:
+    bad = [
+        f"{source} {tuple(t.shape)} -> {key} {tuple(own[key].shape)}"
+        for key, (source, t) in mapped.items()
+        if key in own and t.shape != own[key].shape
+    ]
+    if bad:
+        raise ValueError(
+            f"state_dict_or_path: {len(bad)} tensor(s) do not fit the model's shapes "
+            f"(different block geometry?): {_listing(bad)}"
+        )
+
+
+@torch.no_grad()
+def load_weights(
+    model: nn.Module, state_dict_or_path: Any, strict: bool = True, *, trust: bool = False
+) -> LoadReport:
+    """Load a state dict (or a checkpoint path, read weights-only) into ``model``, translating layouts.
+
+    Layouts recognised per block: reparam's own; official RepVGG and YOLOv6 RepVGGBlock/QARepVGGBlock
+    (same names as reparam); their deploy form ``rbr_reparam`` (into a deployed block); DBB official
+    (``dbb_*``, BN-and-pad ``.bn.bn.``, ``dbb_reparam``); OREPA official (``weight_orepa_*``, ``vector``,
+    the saved prior buffer, ``orepa_reparam``); timm CondConv2d DynamicConv (``routing``, ``cond_conv``).
+    Wrappers ``{'state_dict': ...}`` / ``{'model': ...}`` and 'module.' prefixes are removed. ``strict``:
+    ValueError naming unmapped source tensors and model tensors not provided; shapes must always fit.
+    A path is read weights-only against torch's allow-list; ``trust=True`` unpickles a file you trust.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(strict, bool):
+        raise ValueError(f"strict must be True or False, got {strict!r}")
+    mapped, rows, unmapped, outside = _map(model, _read(state_dict_or_path, trust))
+    own = model.state_dict(keep_vars=True)
+    ignored = sorted(s for k, (s, _) in mapped.items() if k not in own and k.endswith(_NBT))
+    unexpected = unmapped + sorted(s for k, (s, _) in mapped.items() if k not in own and not k.endswith(_NBT))
+    missing = sorted(k for k in own if k not in mapped and not k.endswith(_NBT))
+    if strict and (unexpected or missing):
+        parts = [f"unmapped source tensors: {_listing(unexpected)}"] if unexpected else []
+        parts += [f"model tensors not provided: {_listing(missing)}"] if missing else []
+        if any("_reparam." in k for k in unexpected):
+            parts.append(
+                "deploy-form tensors (*_reparam.*) load into deployed blocks: convert the model first"
+            )
+        raise ValueError("load_weights(strict=True): " + "; ".join(parts))
+    _check_shapes(mapped, own)
+    for key, (_, t) in mapped.items():
+        if key in own:
+            own[key].copy_(t)
+    return LoadReport(rows, sum(k in own for k in outside), unexpected, missing, ignored)
