@@ -15,20 +15,33 @@ A file the user names as output is never replaced unless the command line says `
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import pickle
 import sys
 import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from reparam.options import (
+    TRUE,
+    Command,
+    Key,
+    boolean,
+    build_parser,
+    choice,
+    int_at_least,
+    names,
+    number_in,
+    optional,
+    parse_options,
+    seeds,
+    text,
+)
 
 __all__ = ["BAD_INPUT", "COMMANDS", "main", "parse_options"]
 
-TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 # Errors that mean "bad input" (exit 2, one line): bad values, missing or wrong-kind files, checkpoints
 # that cannot be unpickled. A failed check returns 1; anything else is a bug and shows its traceback.
 BAD_INPUT: tuple[type[BaseException], ...] = (
@@ -41,104 +54,6 @@ BAD_INPUT: tuple[type[BaseException], ...] = (
     pickle.UnpicklingError,
     zipfile.BadZipFile,
 )
-Parser = Callable[[str], Any]
-
-
-def _int(minimum: int) -> Parser:
-    def parse(v: str) -> int:
-        try:
-            n = int(v)
-        except ValueError:
-            raise ValueError(f"must be an integer >= {minimum}") from None
-        if n < minimum:
-            raise ValueError(f"must be an integer >= {minimum}")
-        return n
-
-    return parse
-
-
-def _float(lo: float, hi: float, lo_open: bool = True) -> Parser:
-    def parse(v: str) -> float:
-        try:
-            x = float(v)
-        except ValueError:
-            raise ValueError("must be a number") from None
-        if not ((x > lo if lo_open else x >= lo) and x <= hi):
-            raise ValueError(f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}]")
-        return x
-
-    return parse
-
-
-def _bool(v: str) -> bool:
-    if v.lower() in TRUE:
-        return True
-    if v.lower() in FALSE:
-        return False
-    raise ValueError("must be True or False")
-
-
-def _text(v: str) -> str:
-    if not v:
-        raise ValueError("must not be empty")
-    return v
-
-
-def _choice(*options: str) -> Parser:
-    def parse(v: str) -> str:
-        if v.lower() not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return v.lower()
-
-    return parse
-
-
-def _names(v: str) -> list[str]:
-    items = [s.strip() for s in v.split(",") if s.strip()]
-    if not items:
-        raise ValueError("must be a comma-separated list of model names")
-    return items
-
-
-def _seeds(v: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in v.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError("must be a comma-separated list of integers >= 0") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ValueError("must be a comma-separated list of distinct integers >= 0")
-    return seeds
-
-
-def _optional(parse: Parser) -> Parser:
-    def wrapped(v: str) -> Any:
-        return None if v.lower() == "none" else parse(v)
-
-    return wrapped
-
-
-@dataclass(frozen=True)
-class Key:
-    """One ``key=value`` option: its parser, default (None: optional or required) and help line."""
-
-    name: str
-    parse: Parser
-    default: Any
-    help: str
-
-
-@dataclass(frozen=True)
-class Command:
-    """A subcommand: its keys, which keys bare words fill in order, which keys must be given."""
-
-    name: str
-    help: str
-    run: Callable[[dict[str, Any]], int]
-    keys: tuple[Key, ...]
-    positional: tuple[str, ...] = ()
-    required: tuple[str, ...] = ()
-    extra_keys: Callable[[], dict[str, Any]] | None = None
-    extra_help: str = ""
 
 
 def _print(msg: str) -> None:
@@ -235,15 +150,15 @@ def _ultralytics_keys() -> dict[str, Any]:
 _MODEL = "a zoo model (e.g. yolov8n-orepa.yaml), an Ultralytics YAML or a .pt checkpoint"
 _TRUST = Key(
     "trust",
-    _bool,
+    boolean,
     False,
     "load .pt files with full pickle, which runs code stored in them: only for files you trust "
     "(else weights-only with reparam's allow-list)",
 )
-_IMGSZ = Key("imgsz", _int(32), 320, "image size in pixels")
-_DEVICE = Key("device", _text, "cpu", "torch device: cpu, 0, cuda:0, ...")
+_IMGSZ = Key("imgsz", int_at_least(32), 320, "image size in pixels")
+_DEVICE = Key("device", text, "cpu", "torch device: cpu, 0, cuda:0, ...")
 _DATA = Key(
-    "data", _optional(_text), None, "data YAML (default: the DeepForest tree-crown set, see `reparam data`)"
+    "data", optional(text), None, "data YAML (default: the DeepForest tree-crown set, see `reparam data`)"
 )
 
 COMMANDS: dict[str, Command] = {
@@ -255,11 +170,11 @@ COMMANDS: dict[str, Command] = {
             "benchmark, export; writes a report folder",
             _cmd_demo,
             (
-                Key("model", _text, "yolov8n-orepa.yaml", _MODEL),
+                Key("model", text, "yolov8n-orepa.yaml", _MODEL),
                 _DATA,
-                Key("epochs", _int(1), 30, "training epochs"),
+                Key("epochs", int_at_least(1), 30, "training epochs"),
                 _IMGSZ,
-                Key("batch", _int(1), 8, "training batch size (one optimizer step per batch)"),
+                Key("batch", int_at_least(1), 8, "training batch size (one optimizer step per batch)"),
                 Key(
                     "out",
                     Path,
@@ -267,8 +182,10 @@ COMMANDS: dict[str, Command] = {
                     "output folder (training run, deploy/, report/); a re-run replaces the demo's files",
                 ),
                 _DEVICE,
-                Key("rounds", _int(1), 15, "latency rounds per candidate (medians over rounds)"),
-                Key("throughput_batch", _int(2), 8, "batch size of the throughput latency measurement"),
+                Key("rounds", int_at_least(1), 15, "latency rounds per candidate (medians over rounds)"),
+                Key(
+                    "throughput_batch", int_at_least(2), 8, "batch size of the throughput latency measurement"
+                ),
                 _TRUST,
             ),
         ),
@@ -277,14 +194,14 @@ COMMANDS: dict[str, Command] = {
             "Ultralytics training with reparam's blocks registered (any Ultralytics train key is accepted)",
             _cmd_train,
             (
-                Key("model", _text, None, _MODEL),
+                Key("model", text, None, _MODEL),
                 _DATA,
-                Key("epochs", _int(1), 25, "training epochs"),
+                Key("epochs", int_at_least(1), 25, "training epochs"),
                 _IMGSZ,
-                Key("batch", _int(1), 16, "batch size"),
+                Key("batch", int_at_least(1), 16, "batch size"),
                 _DEVICE,
                 Key("project", Path, Path("runs/reparam"), "runs folder"),
-                Key("name", _text, "train", "run name inside project"),
+                Key("name", text, "train", "run name inside project"),
                 _TRUST,
             ),
             positional=("model",),
@@ -299,8 +216,8 @@ COMMANDS: dict[str, Command] = {
             _cmd_deploy,
             (
                 Key("ckpt", Path, None, "training checkpoint (.pt)"),
-                Key("out", _optional(Path), None, "output path (default: <ckpt stem>-deploy.pt)"),
-                Key("overwrite", _bool, False, "replace the output file if it exists (else: refused)"),
+                Key("out", optional(Path), None, "output path (default: <ckpt stem>-deploy.pt)"),
+                Key("overwrite", boolean, False, "replace the output file if it exists (else: refused)"),
                 _TRUST,
             ),
             positional=("ckpt",),
@@ -311,13 +228,13 @@ COMMANDS: dict[str, Command] = {
             "prove the conversion: training vs converted form, per block and end to end",
             _cmd_verify,
             (
-                Key("model", _text, None, _MODEL),
+                Key("model", text, None, _MODEL),
                 _IMGSZ,
-                Key("batch", _int(1), 1, "batch size of the random input"),
-                Key("dtype", _choice("float32", "float64"), "float32", "compute dtype (float64: strict)"),
-                Key("randomize_bn", _bool, False, "give BNs random statistics first (fresh models)"),
-                Key("rtol", _optional(_float(0.0, 1.0)), None, "max relative error (default by dtype)"),
-                Key("per_block", _bool, True, "also report every converted block"),
+                Key("batch", int_at_least(1), 1, "batch size of the random input"),
+                Key("dtype", choice("float32", "float64"), "float32", "compute dtype (float64: strict)"),
+                Key("randomize_bn", boolean, False, "give BNs random statistics first (fresh models)"),
+                Key("rtol", optional(number_in(0.0, 1.0)), None, "max relative error (default by dtype)"),
+                Key("per_block", boolean, True, "also report every converted block"),
                 _TRUST,
             ),
             positional=("model",),
@@ -328,15 +245,15 @@ COMMANDS: dict[str, Command] = {
             "convert and export through Ultralytics; ONNX is checked in onnxruntime",
             _cmd_export,
             (
-                Key("model", _text, None, _MODEL),
-                Key("format", _text, "onnx", "any Ultralytics export format (onnx, torchscript, ...)"),
+                Key("model", text, None, _MODEL),
+                Key("format", text, "onnx", "any Ultralytics export format (onnx, torchscript, ...)"),
                 _IMGSZ,
-                Key("dynamic", _bool, False, "dynamic batch and image size axes"),
-                Key("opset", _optional(_int(7)), None, "ONNX opset (default: Ultralytics' choice)"),
-                Key("check", _bool, True, "compare the ONNX file with PyTorch in onnxruntime"),
+                Key("dynamic", boolean, False, "dynamic batch and image size axes"),
+                Key("opset", optional(int_at_least(7)), None, "ONNX opset (default: Ultralytics' choice)"),
+                Key("check", boolean, True, "compare the ONNX file with PyTorch in onnxruntime"),
                 Key(
                     "overwrite",
-                    _bool,
+                    boolean,
                     False,
                     "replace an existing export (written next to a .pt, or in the working folder for a YAML)",
                 ),
@@ -349,7 +266,7 @@ COMMANDS: dict[str, Command] = {
             "info",
             "params and FLOPs of the training and converted forms, and the blocks used",
             _cmd_info,
-            (Key("model", _text, None, _MODEL), _IMGSZ, _TRUST),
+            (Key("model", text, None, _MODEL), _IMGSZ, _TRUST),
             positional=("model",),
             required=("model",),
         ),
@@ -358,13 +275,18 @@ COMMANDS: dict[str, Command] = {
             "side-by-side latency, params and FLOPs: training form vs converted vs plain model",
             _cmd_bench,
             (
-                Key(
-                    "models", _names, ["yolov8n-orepa.yaml", "yolov8n-repvgg.yaml"], "comma-separated models"
-                ),
+                Key("models", names, ["yolov8n-orepa.yaml", "yolov8n-repvgg.yaml"], "comma-separated models"),
                 _IMGSZ,
-                Key("batch", _int(2), 8, "batch size of the throughput measurement (batch 1 is always run)"),
-                Key("rounds", _int(1), 20, "latency rounds per candidate (medians over rounds)"),
-                Key("train_cost", _bool, False, "also measure training step time and memory per block type"),
+                Key(
+                    "batch",
+                    int_at_least(2),
+                    8,
+                    "batch size of the throughput measurement (batch 1 is always run)",
+                ),
+                Key("rounds", int_at_least(1), 20, "latency rounds per candidate (medians over rounds)"),
+                Key(
+                    "train_cost", boolean, False, "also measure training step time and memory per block type"
+                ),
                 Key(
                     "out",
                     Path,
@@ -380,17 +302,17 @@ COMMANDS: dict[str, Command] = {
             "the same function, and write a training checkpoint that fine-tunes",
             _cmd_adopt,
             (
-                Key("model", _text, None, "trained Ultralytics checkpoint (.pt) or model YAML"),
-                Key("to", _text, None, "block family: repvgg, qarepvgg, dbb, orepa or dynamic"),
+                Key("model", text, None, "trained Ultralytics checkpoint (.pt) or model YAML"),
+                Key("to", text, None, "block family: repvgg, qarepvgg, dbb, orepa or dynamic"),
                 Key(
                     "where",
-                    _text,
+                    text,
                     "zoo",
                     "zoo (the Conv rows the zoo YAML replaces), all3x3 (every 3x3 Conv row) or row indices "
                     "(0,1,3)",
                 ),
-                Key("out", _optional(Path), None, "output checkpoint (default: <model stem>-<to>.pt)"),
-                Key("overwrite", _bool, False, "replace the output file if it exists (else: refused)"),
+                Key("out", optional(Path), None, "output checkpoint (default: <model stem>-<to>.pt)"),
+                Key("overwrite", boolean, False, "replace the output file if it exists (else: refused)"),
                 _TRUST,
             ),
             positional=("model",),
@@ -404,24 +326,26 @@ COMMANDS: dict[str, Command] = {
             (
                 Key(
                     "task",
-                    _choice("classification", "detection"),
+                    choice("classification", "detection"),
                     "classification",
                     "classification (Fashion-MNIST, small CNN family) "
                     "or detection (YOLOv8n zoo, tree-crown data)",
                 ),
-                Key("variants", _names, None, "comma-separated variants (default: all of the task)"),
-                Key("seeds", _seeds, [0, 1, 2], "comma-separated seeds, one run per variant and seed"),
+                Key("variants", names, None, "comma-separated variants (default: all of the task)"),
+                Key("seeds", seeds, [0, 1, 2], "comma-separated seeds, one run per variant and seed"),
                 Key(
                     "epochs",
-                    _optional(_int(1)),
+                    optional(int_at_least(1)),
                     None,
                     "epochs per run (default 3 classification, 10 detection)",
                 ),
-                Key("int8", _bool, False, "also quantize each deploy form to INT8 (onnxruntime static PTQ)"),
+                Key(
+                    "int8", boolean, False, "also quantize each deploy form to INT8 (onnxruntime static PTQ)"
+                ),
                 _DEVICE,
-                Key("out", _optional(Path), None, "report folder (default runs/reparam-study/<task>)"),
-                Key("overwrite", _bool, False, "replace an existing report in out (else: refused)"),
-                Key("threads", _int(1), 1, "torch CPU threads (1 is fastest on a shared 2-core CPU)"),
+                Key("out", optional(Path), None, "report folder (default runs/reparam-study/<task>)"),
+                Key("overwrite", boolean, False, "replace an existing report in out (else: refused)"),
+                Key("threads", int_at_least(1), 1, "torch CPU threads (1 is fastest on a shared 2-core CPU)"),
             ),
         ),
         Command(
@@ -429,123 +353,25 @@ COMMANDS: dict[str, Command] = {
             "fetch (once) and tile the default DeepForest tree-crown dataset; prints what it made",
             _cmd_data,
             (
-                Key("tile", _int(32), 320, "tile size in pixels"),
-                Key("overlap", _int(0), 64, "minimum overlap of neighbouring tiles in pixels"),
+                Key("tile", int_at_least(32), 320, "tile size in pixels"),
+                Key("overlap", int_at_least(0), 64, "minimum overlap of neighbouring tiles in pixels"),
                 Key(
                     "min_visibility",
-                    _float(0.0, 1.0),
+                    number_in(0.0, 1.0),
                     0.5,
                     "keep a box in a tile if this share of it is inside",
                 ),
                 Key(
                     "cache",
-                    _optional(Path),
+                    optional(Path),
                     None,
                     "cache folder (default: $REPARAM_CACHE or ~/.cache/reparam)",
                 ),
-                Key("force", _bool, False, "rebuild the tiles even if cached"),
+                Key("force", boolean, False, "rebuild the tiles even if cached"),
             ),
         ),
     )
 }
-
-
-def _epilog(cmd: Command) -> str:
-    width = max(len(k.name) for k in cmd.keys) + 1
-    lines = ["keys (key=value):"]
-    for k in cmd.keys:
-        if k.name in cmd.required:
-            default = "required"
-        elif k.default is None:
-            default = "optional"
-        else:
-            shown = ",".join(map(str, k.default)) if isinstance(k.default, list) else k.default
-            default = f"default {shown}"
-        lines.append(f"  {k.name + '=':<{width}} {k.help} ({default})")
-    if cmd.extra_help:
-        lines.append(cmd.extra_help)
-    return "\n".join(lines)
-
-
-class _OneLineErrors(argparse.ArgumentParser):
-    """argparse with the CLI contract for bad input: ONE stderr line naming the problem, exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    from importlib.metadata import version
-
-    top = _OneLineErrors(
-        prog="reparam",
-        description="Structural re-parameterization for PyTorch and Ultralytics YOLO. "
-        "Arguments are key=value pairs; `reparam <command> --help` lists them.",
-    )
-    top.add_argument("--version", action="version", version=f"reparam {version('reparam')}")
-    top.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error (also: REPARAM_DEBUG=1)"
-    )
-    subs = top.add_subparsers(dest="command", metavar="command")
-    parsers = {}
-    for cmd in COMMANDS.values():
-        usage = " ".join([*cmd.positional, "[key=value ...]"])
-        sub = subs.add_parser(
-            cmd.name,
-            help=cmd.help,
-            description=cmd.help,
-            epilog=_epilog(cmd),
-            usage=f"reparam {cmd.name} {usage}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sub.add_argument("args", nargs="*", help=argparse.SUPPRESS)
-        parsers[cmd.name] = sub
-    return top, parsers
-
-
-def parse_options(cmd: Command, tokens: Sequence[str]) -> dict[str, Any]:
-    """Turn ``key=value`` tokens (and bare words for positional keys) into typed options.
-
-    Raises ValueError naming the offending key or value.
-    """
-    keys = {k.name: k for k in cmd.keys}
-    extra = cmd.extra_keys() if cmd.extra_keys else {}
-    given: dict[str, Any] = {}
-    free = list(cmd.positional)
-    for tok in tokens:
-        if "=" in tok:
-            name, value = tok.split("=", 1)
-        elif free:
-            name, value = free[0], tok
-        else:
-            raise ValueError(f"unexpected argument {tok!r}: arguments are key=value pairs")
-        if name in given:
-            raise ValueError(f"key {name!r} is given twice")
-        if name in keys:
-            try:
-                given[name] = keys[name].parse(value)
-            except ValueError as e:
-                raise ValueError(f"bad value for {name}={value!r}: {e}") from None
-        elif name in extra:
-            from ultralytics.cfg import smart_value
-
-            given[name] = smart_value(value)
-        else:
-            raise ValueError(f"unknown key {name!r} for 'reparam {cmd.name}'; valid keys: {', '.join(keys)}")
-        if name in free:
-            free.remove(name)
-    missing = [k for k in cmd.required if k not in given]
-    if missing:
-        raise ValueError(f"missing required key {missing[0]}= (see reparam {cmd.name} --help)")
-    if extra:
-        from ultralytics.cfg import check_cfg
-
-        passed = {k: v for k, v in given.items() if k in extra and k not in keys}
-        try:
-            check_cfg(passed)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"bad value: {e}") from None
-    return {k.name: k.default for k in cmd.keys if k.name not in given} | given
 
 
 def _one_line(e: BaseException) -> str:
@@ -570,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Bad input (unknown keys, bad values, unreadable or missing files) exits 2 with one line naming it; with
     ``--debug`` or ``REPARAM_DEBUG=1`` the error is re-raised with its traceback.
     """
-    top, parsers = _parser()
+    top, parsers = build_parser(COMMANDS)
     ns, extras = top.parse_known_args(argv)
     if ns.command is None:
         if extras:
