@@ -39,6 +39,7 @@ from reparam.options import (
     seeds,
     text,
 )
+from reparam.text import first_line
 
 __all__ = ["BAD_INPUT", "COMMANDS", "main", "parse_options"]
 
@@ -376,10 +377,8 @@ COMMANDS: dict[str, Command] = {
 
 def _one_line(e: BaseException) -> str:
     """The first line of an error message (the rest, e.g. a traceback hint, is behind ``--debug``)."""
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    return lines[0] + (" (--debug shows more)" if len(lines) > 1 else "")
+    more = len([line for line in str(e).strip().splitlines() if line.strip()]) > 1
+    return first_line(e) + (" (--debug shows more)" if more else "")
 
 
 def _warnings_to_stderr(command: str) -> logging.Handler:

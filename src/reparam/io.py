@@ -20,6 +20,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from reparam.text import first_line
+
 __all__ = [
     "TRUST_HINT",
     "AllowEntry",
@@ -204,7 +206,7 @@ def _load_weights_only(file: Path, entries: list[AllowEntry]) -> Any:
                 return torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             raise UnsafeCheckpointError(
-                f"checkpoint {str(file)!r} cannot be loaded weights-only ({_first_line(e)}); {TRUST_HINT}"
+                f"checkpoint {str(file)!r} cannot be loaded weights-only ({first_line(e)}); {TRUST_HINT}"
             ) from e
         except Exception as e:  # weights-only unpickling runs no code from the file: any error is the file's
             raise _unreadable(file, e) from e
@@ -222,13 +224,8 @@ def _load_trusted(file: Path) -> Any:
 def _unreadable(file: Path, error: BaseException) -> ValueError:
     return ValueError(
         f"checkpoint {str(file)!r} is not a readable torch checkpoint (empty, truncated or corrupt?): "
-        f"{type(error).__name__}: {_first_line(error)}"
+        f"{type(error).__name__}: {first_line(error)}"
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no details"
 
 
 # ------------------------------------------------------------------------------------ static pickle scanning

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["Progress", "say", "text_table"]
+__all__ = ["Progress", "first_line", "say", "text_table"]
 
 Progress = Callable[[str], None]
 
@@ -18,6 +18,12 @@ def say(progress: Progress | None, msg: str) -> None:
     """Send ``msg`` to ``progress`` when one is given (library calls without a callback stay quiet)."""
     if progress is not None:
         progress(msg)
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (its class name when the message is empty)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def columns(rows: Sequence[Mapping[str, object]]) -> list[str]:

@@ -24,6 +24,7 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 from reparam.blocks.registry import registered_blocks
+from reparam.text import first_line
 from reparam.yolo import convert_model, plain_counterpart
 from reparam.yolo.safety import load_ultralytics_checkpoint, ultralytics_safe_load
 
@@ -51,11 +52,6 @@ _UNREADABLE = (
 )  # fmt: skip
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def check_checkpoint(path: str | Path, *, trust: bool = False) -> None:
     """Refuse a checkpoint before Ultralytics reads it: missing, a directory, not a zip archive, unreadable,
     or (unless ``trust``) asking for a global off the allow-list (``UnsafeCheckpointError`` naming it)."""
@@ -78,7 +74,7 @@ def check_model_yaml(path: Path) -> None:
     try:
         cfg = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"model YAML {path} cannot be read: {_first_line(e)}") from None
+        raise ValueError(f"model YAML {path} cannot be read: {first_line(e)}") from None
     lists = isinstance(cfg, dict) and all(isinstance(cfg.get(k), list) for k in ("backbone", "head"))
     if not lists:
         raise ValueError(
@@ -120,7 +116,7 @@ def load(model: str | Path, *, trust: bool = False) -> YOLO:
         if not is_checkpoint:
             raise
         raise ValueError(
-            f"model checkpoint {name} is not a readable Ultralytics checkpoint: {_first_line(e)}"
+            f"model checkpoint {name} is not a readable Ultralytics checkpoint: {first_line(e)}"
         ) from e
 
 
