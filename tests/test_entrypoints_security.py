@@ -24,6 +24,7 @@ import reparam.app.models as app_models
 import reparam.yolo
 from checkpoint_payloads import Harmless, SystemPayload, TouchPayload
 from reparam.app import deploy, describe, export_model, load, run_bench, run_demo, train, verify_model
+from reparam.app.adopt import adopt as app_adopt
 from reparam.app.export import export_onnx
 from reparam.bench.report import write_csv
 from reparam.cli import main
@@ -85,6 +86,7 @@ CLI_READS = {
     "train resume=": ["train", "yolov8n-repvgg.yaml", "resume={evil}", "data=missing.yaml"],
     "train pretrained=": ["train", "yolov8n-repvgg.yaml", "pretrained={evil}", "data=missing.yaml"],
     "demo model=": ["demo", "model={evil}", "data=missing.yaml"],
+    "adopt model=": ["adopt", "{evil}", "to=orepa"],
 }
 
 
@@ -125,6 +127,8 @@ APP_READS: dict[str, Callable[[Path, Path], Any]] = {
     "deploy_checkpoint": lambda evil, out: reparam.yolo.deploy_checkpoint(evil, out / "d.pt"),
     "load_ultralytics_checkpoint": lambda evil, out: load_ultralytics_checkpoint(evil),
     "load_weights": lambda evil, out: load_weights(torch.nn.Conv2d(1, 1, 1), evil),
+    "adopt_checkpoint": lambda evil, out: reparam.yolo.adopt_checkpoint(evil, "orepa", out / "a.pt"),
+    "app.adopt": lambda evil, out: app_adopt(str(evil), "repvgg", out=out / "a.pt"),
 }
 
 
