@@ -58,6 +58,7 @@ def test_bad_arguments_exit_2_naming_the_problem(
     err = _fails(argv, capsys)
     assert re.search(message, err), err
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"reparam {argv[0]}: error: "), err
+    assert err.count("--help") == 1, err
 
 
 def test_no_command_prints_help_and_returns_2(capsys: pytest.CaptureFixture[str]) -> None:

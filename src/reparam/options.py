@@ -150,7 +150,8 @@ class _OneLineErrors(argparse.ArgumentParser):
     """argparse with the CLI contract for bad input: ONE stderr line naming the problem, exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        hint = "" if "--help" in message else f" (see {self.prog} --help)"
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
 
 
 def build_parser(
