@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reparam.blocks.base import answers_protocol
 from reparam.convert import reparameterize
 
 __all__ = [
@@ -34,7 +35,7 @@ _SCALE = re.compile(r"(\d+)([nslmx])(.+)?$")
 
 def _pending(module: nn.Module) -> bool:
     """True for a module of the conversion protocol that is not converted yet."""
-    return callable(getattr(module, "reparameterize", None)) and getattr(module, "deployed", None) is False
+    return answers_protocol(module) and not module.deployed
 
 
 def _outermost(model: nn.Module, keep: Callable[[nn.Module], bool]) -> list[tuple[str, nn.Module]]:
