@@ -19,7 +19,9 @@ from reparam.io import atomic_path
 from reparam.text import columns
 
 __all__ = [
+    "PLOT_RC",
     "markdown_table",
+    "new_figure",
     "plot_block_errors",
     "plot_latency",
     "plot_training_curves",
@@ -27,7 +29,7 @@ __all__ = [
     "write_csv",
 ]
 
-_RC = {"font.family": "DejaVu Sans", "font.size": 9}
+PLOT_RC = {"font.family": "DejaVu Sans", "font.size": 9}
 
 
 def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
@@ -59,7 +61,8 @@ def read_results_csv(path: Path) -> dict[str, list[float]]:
     return {k.strip(): [float(r[k]) for r in rows] for k in rows[0]}
 
 
-def _figure(w: float, h: float) -> Figure:
+def new_figure(w: float, h: float) -> Figure:
+    """A matplotlib figure on the Agg canvas (no pyplot state), sized ``w`` x ``h`` inches."""
     fig = Figure(figsize=(w, h), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -77,8 +80,8 @@ def plot_training_curves(
     """Losses (train and val) and validation mAP per epoch, from :func:`read_results_csv` output."""
     import matplotlib
 
-    with matplotlib.rc_context(_RC):
-        fig = _figure(10, 3.4)
+    with matplotlib.rc_context(PLOT_RC):
+        fig = new_figure(10, 3.4)
         ax_loss, ax_map = fig.subplots(1, 2)
         epochs = results["epoch"]
         for key in sorted(k for k in results if k.endswith("_loss")):
@@ -102,8 +105,8 @@ def plot_latency(
     import matplotlib
 
     batches = sorted({b for p in profiles for b in p.latency})
-    with matplotlib.rc_context(_RC):
-        fig = _figure(4.2 * len(batches), 3.4)
+    with matplotlib.rc_context(PLOT_RC):
+        fig = new_figure(4.2 * len(batches), 3.4)
         axes = fig.subplots(1, len(batches), squeeze=False)[0]
         for ax, b in zip(axes, batches, strict=True):
             rows = [p for p in profiles if b in p.latency]
@@ -141,8 +144,8 @@ def plot_block_errors(
             raise ValueError(f"series {label!r} has {len(errors)} errors for {len(names)} blocks")
     floor = 1e-18  # exact zeros still show as a bar on the log axis
     width = 0.8 / max(len(series), 1)
-    with matplotlib.rc_context(_RC):
-        fig = _figure(max(6.5, 0.28 * len(names) + 2), 3.8)
+    with matplotlib.rc_context(PLOT_RC):
+        fig = new_figure(max(6.5, 0.28 * len(names) + 2), 3.8)
         ax = fig.subplots()
         for i, (label, (errors, rtol)) in enumerate(series.items()):
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from reparam.bench.report import _RC, _figure, markdown_table, write_csv
+from reparam.bench.report import PLOT_RC, markdown_table, new_figure, write_csv
+from reparam.io import atomic_path, atomic_write_text
 from reparam.study.runner import RunRecord, StudyTask, VariantProfile
 
 __all__ = ["REPORT_FILES", "cell", "existing_reports", "known_variants", "summarize", "write_report"]
@@ -138,8 +139,8 @@ def _plot(
     panels = [(study.metric, study.plot_latency[0])]
     if study.plot_latency[1] is not None:
         panels.append((f"{study.metric} int8", study.plot_latency[1]))
-    with matplotlib.rc_context(_RC):
-        fig = _figure(4.6 * len(panels), 3.8)
+    with matplotlib.rc_context(PLOT_RC):
+        fig = new_figure(4.6 * len(panels), 3.8)
         for ax, (metric, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
             for i, r in enumerate(rows):
                 t = profiles[str(r["variant"])].latency[label]
@@ -161,16 +162,6 @@ def _plot(
             )
             ax.legend(fontsize=7)
         fig.savefig(png, format="png")
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _markdown(
@@ -245,8 +236,10 @@ def write_report(
         }
         for r in runs
     ]
-    _atomic(files["runs"], lambda p: write_csv(p, run_rows))
-    _atomic(files["summary"], lambda p: write_csv(p, summary))
-    _atomic(files["plot"], lambda p: _plot(p, summary, profiles, study))
-    _atomic(files["markdown"], lambda p: p.write_text(_markdown(task, study, runs, summary, config)))
+    # run_study refused an existing report before training unless overwrite=True: replacing is decided.
+    write_csv(files["runs"], run_rows, overwrite=True)
+    write_csv(files["summary"], summary, overwrite=True)
+    with atomic_path(files["plot"], overwrite=True) as tmp:
+        _plot(tmp, summary, profiles, study)
+    atomic_write_text(_markdown(task, study, runs, summary, config), files["markdown"], overwrite=True)
     return files
