@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from reparam.algebra import fold_bn
-from reparam.blocks.base import answers_protocol, check_bool
+from reparam.blocks.base import answers_protocol
+from reparam.checks import strict_bools
 
 # ``verify``, ``VerifyReport``, ``BlockError``, ``default_rtol`` and ``relative_error`` moved to
 # reparam.verification and stay importable from here through ``__getattr__`` below.
@@ -220,6 +221,7 @@ def _convert(model: nn.Module) -> _Conversion:
     return _Conversion(converted, tuple(n for n, deployed in tops if deployed), folds, suspects)
 
 
+@strict_bools
 def reparameterize(model: nn.Module, inplace: bool = False, allow_train: bool = False) -> nn.Module:
     """Convert every re-parameterizable block of ``model`` and fold Conv2d -> BN pairs.
 
@@ -230,7 +232,6 @@ def reparameterize(model: nn.Module, inplace: bool = False, allow_train: bool = 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _refuse_torchscript(model)
-    check_bool(inplace=inplace, allow_train=allow_train)
     if model.training and not allow_train:
         raise ValueError(
             "model is in training mode: call model.eval() before converting "

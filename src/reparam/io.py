@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from reparam.checks import strict_bools
 from reparam.text import first_line
 
 __all__ = [
@@ -53,6 +54,7 @@ class OverwriteRefusedError(FileExistsError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- atomic writes
+@strict_bools
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path (same folder, same file name) for a writer; on success move it onto ``path``.
@@ -75,6 +77,7 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+@strict_bools
 def atomic_write_bytes(data: bytes, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; refuses an existing file unless ``overwrite=True``."""
     with atomic_path(path, overwrite=overwrite) as tmp:
@@ -82,6 +85,7 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike[str], *, overwrite: 
     return Path(path)
 
 
+@strict_bools
 def atomic_write_text(
     text: str, path: str | os.PathLike[str], *, overwrite: bool = False, encoding: str = "utf-8"
 ) -> Path:
@@ -89,6 +93,7 @@ def atomic_write_text(
     return atomic_write_bytes(text.encode(encoding), path, overwrite=overwrite)
 
 
+@strict_bools
 def atomic_save(obj: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """``torch.save`` to ``path`` atomically; refuses an existing file unless ``overwrite=True``."""
     with atomic_path(path, overwrite=overwrite) as tmp:
@@ -96,6 +101,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], *, overwrite: bool = Fal
     return Path(path)
 
 
+@strict_bools
 def check_writable(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """``path`` as a Path if a writer may create it; ValueError for a directory, OverwriteRefusedError for an
     existing file without ``overwrite=True``. Callers check before expensive work; the write checks again."""
@@ -132,6 +138,7 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------- checkpoint reads
+@strict_bools
 def load_checkpoint(
     path: str | os.PathLike[str], *, trust: bool = False, allowed: Iterable[AllowEntry] = ()
 ) -> Any:

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from reparam.checks import strict_bools
+
 __all__ = [
     "FALSE",
     "TRUE",
@@ -45,6 +47,7 @@ def int_at_least(minimum: int) -> Parser:
     return parse
 
 
+@strict_bools
 def number_in(lo: float, hi: float, lo_open: bool = True) -> Parser:
     def parse(v: str) -> float:
         try:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from reparam.blocks.base import ReparamContainer
+from reparam.checks import strict_bools
 from reparam.convert import (
     _convert,
     _is_deployed,
@@ -109,6 +110,7 @@ def _nonfinite(out: Any, path: str = "output") -> Iterator[tuple[str, str]]:
             yield from _nonfinite(v, f"{path}[{i}]")
 
 
+@strict_bools
 @dataclass
 class BlockError:
     """Equivalence of one converted block, measured on the input it saw inside the model."""
@@ -120,6 +122,7 @@ class BlockError:
     ok: bool
 
 
+@strict_bools
 @dataclass
 class VerifyReport:
     """Outcome of :func:`verify`: end-to-end error, per-block rows, what was converted, and why it failed."""
@@ -256,6 +259,7 @@ def _check_arguments(rtol: Any, input_shape: Any, dtype: Any) -> None:
         raise ValueError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
 
 
+@strict_bools
 @torch.no_grad()
 def verify(
     model: nn.Module,

@@ -21,6 +21,7 @@ from reparam.blocks.dbb import DBB
 from reparam.blocks.dynamic import DynamicConv
 from reparam.blocks.orepa import OREPA
 from reparam.blocks.repvgg import QARepVGGBlock, RepVGGBlock
+from reparam.checks import strict_bools
 from reparam.io import load_checkpoint
 from reparam.text import text_table
 
@@ -329,6 +330,7 @@ def _check_shapes(mapped: Mapped, own: dict[str, Tensor]) -> None:
         )
 
 
+@strict_bools
 @torch.no_grad()
 def load_weights(
     model: nn.Module, state_dict_or_path: Any, strict: bool = True, *, trust: bool = False
@@ -345,8 +347,6 @@ def load_weights(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(strict, bool):
-        raise ValueError(f"strict must be True or False, got {strict!r}")
     mapped, rows, unmapped, outside = _map(model, _read(state_dict_or_path, trust))
     own = model.state_dict(keep_vars=True)
     ignored = sorted(s for k, (s, _) in mapped.items() if k not in own and k.endswith(_NBT))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from reparam.adoption.families import build_block
 from reparam.adoption.report import AdoptedLayer, AdoptReport, SkippedLayer
 from reparam.adoption.units import FAMILIES, Unit, compile_where, find_units, unsupported
+from reparam.checks import strict_bools
 from reparam.verification import default_rtol, relative_error
 
 __all__ = ["adopt"]
@@ -115,6 +116,7 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@strict_bools
 def adopt(
     model: nn.Module,
     to: str,
@@ -136,8 +138,6 @@ def adopt(
         raise ValueError(f"to={to!r} is not a block family; choose one of {list(FAMILIES)}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(inplace, bool):
-        raise ValueError(f"inplace must be True or False, got {inplace!r}")
     compile_where(where)  # bad where fails before any work
     x = _input(model, find_units(model), input_shape)
     reference = _eval_output(model, x)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reparam.adoption import AdoptReport
+from reparam.checks import strict_bools
 from reparam.yolo.adopt import WHERE, AdoptCheckError, adopt_checkpoint
 
 __all__ = ["AdoptCheckError", "adopt", "parse_where"]
@@ -27,6 +28,7 @@ def parse_where(where: str | Sequence[int]) -> str | list[int]:
     return rows
 
 
+@strict_bools
 def adopt(
     model: str | Path,
     to: str,

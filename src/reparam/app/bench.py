@@ -11,11 +11,13 @@ import torch
 from reparam.app.models import model_forms, stride_imgsz
 from reparam.app.report import BASELINE, write_bench_report
 from reparam.bench.profile import FormProfile, format_profiles, profile_forms
+from reparam.checks import strict_bools
 from reparam.text import Progress, say
 
 __all__ = ["run_bench"]
 
 
+@strict_bools
 def run_bench(
     models: Sequence[str] = ("yolov8n-orepa.yaml", "yolov8n-repvgg.yaml"),
     imgsz: int = 320,

@@ -36,6 +36,7 @@ from reparam.app.models import load, plain_model, stride_imgsz
 from reparam.app.report import BASELINE, Checks, DemoReport, summary_rows, write_demo_report
 from reparam.app.train import TrainResult, train
 from reparam.bench.profile import FormProfile, format_profiles, profile_forms
+from reparam.checks import strict_bools
 from reparam.io import atomic_path
 from reparam.text import Progress, say
 from reparam.verification import VerifyReport, default_rtol, relative_error, verify
@@ -138,6 +139,7 @@ def _val_images(data: Path, imgsz: int, n: int = 4) -> Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
 
 
+@strict_bools
 def load_unfused(ckpt: Path, trust: bool) -> YOLO:
     """``ckpt`` loaded with ``fuse()`` a no-op on its model, so Ultralytics validates it unconverted."""
     net = load(ckpt, trust=trust)
@@ -257,6 +259,7 @@ def _benchmark(
     return profiles
 
 
+@strict_bools
 def run_demo(
     model: str = "yolov8n-orepa.yaml",
     data: str | Path | None = None,

@@ -6,11 +6,13 @@ from pathlib import Path
 
 from reparam.app.models import blocks_used, load
 from reparam.bench.profile import count_params
+from reparam.checks import strict_bools
 from reparam.yolo import deploy_checkpoint
 
 __all__ = ["deploy"]
 
 
+@strict_bools
 def deploy(
     ckpt: str | Path, out: str | Path | None = None, *, overwrite: bool = False, trust: bool = False
 ) -> str:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from reparam.app.models import first_tensor, load, stride_imgsz
+from reparam.checks import strict_bools
 from reparam.io import OverwriteRefusedError
 from reparam.verification import relative_error
 from reparam.yolo import convert_model
@@ -114,6 +115,7 @@ def _refuse_existing(target: Path, overwrite: bool) -> None:
         raise OverwriteRefusedError(f"{str(target)!r} already exists; pass overwrite=True to replace it")
 
 
+@strict_bools
 def export_onnx(model: str | Path, imgsz: int, *, overwrite: bool = False, trust: bool = False) -> Path:
     """Export ``model`` to ONNX through Ultralytics (converted by its fuse()), not simplified; an existing
     ONNX file is refused unless ``overwrite=True``, a ``.pt`` is read as :func:`load` reads it."""
@@ -123,6 +125,7 @@ def export_onnx(model: str | Path, imgsz: int, *, overwrite: bool = False, trust
         return Path(net.export(format="onnx", imgsz=imgsz, simplify=False, device="cpu"))
 
 
+@strict_bools
 def export_model(
     model: str | Path,
     format: str = "onnx",

@@ -9,12 +9,14 @@ import torch
 
 from reparam.app.models import blocks_used, model_forms, stride_imgsz, yaml_name
 from reparam.bench.profile import count_flops, count_params
+from reparam.checks import strict_bools
 from reparam.text import text_table
 from reparam.yolo.deploy import reparam_globals, to_stock_modules
 
 __all__ = ["describe"]
 
 
+@strict_bools
 def describe(model: str | Path, imgsz: int = 320, *, trust: bool = False) -> str:
     """Params and FLOPs of the training and converted forms (and plain model), and the blocks used.
 

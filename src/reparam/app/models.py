@@ -24,6 +24,7 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 from reparam.blocks.registry import registered_blocks
+from reparam.checks import strict_bools
 from reparam.text import first_line
 from reparam.yolo import convert_model, plain_counterpart
 from reparam.yolo.safety import load_ultralytics_checkpoint, ultralytics_safe_load
@@ -52,6 +53,7 @@ _UNREADABLE = (
 )  # fmt: skip
 
 
+@strict_bools
 def check_checkpoint(path: str | Path, *, trust: bool = False) -> None:
     """Refuse a checkpoint before Ultralytics reads it: missing, a directory, not a zip archive, unreadable,
     or (unless ``trust``) asking for a global off the allow-list (``UnsafeCheckpointError`` naming it)."""
@@ -82,6 +84,7 @@ def check_model_yaml(path: Path) -> None:
         )
 
 
+@strict_bools
 def load(model: str | Path, *, trust: bool = False) -> YOLO:
     """A YOLO object for a zoo name (``yolov8n-orepa.yaml``), an Ultralytics YAML or a local checkpoint.
 
@@ -146,6 +149,7 @@ def plain_model(model: nn.Module) -> tuple[str, nn.Module] | None:
     return plain, built.float().eval().fuse(verbose=False)
 
 
+@strict_bools
 def model_forms(model: str | Path | nn.Module, *, trust: bool = False) -> dict[str, nn.Module]:
     """Training form (eval), converted form, and the plain model when ``model`` is a zoo model (a file is
     read as :func:`load` reads it)."""

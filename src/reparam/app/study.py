@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from reparam.checks import strict_bools
 from reparam.study import StudyResult, run_study
 from reparam.text import Progress, say
 
@@ -18,6 +19,7 @@ DEFAULT_STUDY_ROOT = Path("runs/reparam-study")
 """``out`` defaults to ``DEFAULT_STUDY_ROOT / task``."""
 
 
+@strict_bools
 def study(
     task: str = "classification",
     variants: Sequence[str] | None = None,

@@ -9,6 +9,7 @@ from typing import Any
 from reparam.app.data import resolve_data
 from reparam.app.fonts import plot_fonts
 from reparam.app.models import check_checkpoint, load, stride_imgsz
+from reparam.checks import strict_bools
 from reparam.text import Progress
 from reparam.yolo import ReparamDetectionTrainer
 from reparam.yolo.safety import ultralytics_safe_load
@@ -29,6 +30,7 @@ class TrainResult:
     data: Path
 
 
+@strict_bools
 def train(
     model: str,
     data: str | Path | None = None,

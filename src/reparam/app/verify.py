@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from reparam.app.models import load, stride_imgsz
+from reparam.checks import strict_bools
 from reparam.verification import VerifyReport, verify
 
 __all__ = ["verify_model"]
@@ -14,6 +15,7 @@ __all__ = ["verify_model"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+@strict_bools
 def verify_model(
     model: str | Path,
     imgsz: int = 320,

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from reparam.checks import strict_bools
+
 __all__ = [
     "ONNX_OPSET",
     "Int8Models",
@@ -63,6 +65,7 @@ def _calibration_reader(images: Tensor, batch: int) -> Any:
     return _Reader()
 
 
+@strict_bools
 def quantize_int8(
     onnx_path: Path, out_path: Path, calibration: Tensor, per_channel: bool = True, batch: int = 32
 ) -> Path:
@@ -121,6 +124,7 @@ class Int8Models:
     int8: OrtModel
 
 
+@strict_bools
 def quantize_model(
     model: nn.Module, calibration: Tensor, folder: Path, name: str, threads: int = 1, per_channel: bool = True
 ) -> Int8Models:

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reparam.bench.profile import FormProfile
+from reparam.checks import strict_bools
 from reparam.io import atomic_path
 from reparam.text import columns
 
@@ -42,6 +43,7 @@ def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
     return "\n".join(lines)
 
 
+@strict_bools
 def write_csv(path: Path, rows: Sequence[Mapping[str, object]], *, overwrite: bool = False) -> Path:
     """Write ``rows`` as CSV with a header (columns from all rows, first-seen order), atomically."""
     cols = columns(rows)
@@ -74,6 +76,7 @@ def _save(fig: Figure, png: Path, overwrite: bool) -> Path:
     return png
 
 
+@strict_bools
 def plot_training_curves(
     results: Mapping[str, Sequence[float]], png: Path, *, overwrite: bool = False
 ) -> Path:
@@ -98,6 +101,7 @@ def plot_training_curves(
         return _save(fig, png, overwrite)
 
 
+@strict_bools
 def plot_latency(
     profiles: Sequence[FormProfile], png: Path, title: str = "latency", *, overwrite: bool = False
 ) -> Path:
@@ -124,6 +128,7 @@ def plot_latency(
         return _save(fig, png, overwrite)
 
 
+@strict_bools
 def plot_block_errors(
     names: Sequence[str],
     series: Mapping[str, tuple[Sequence[float], float]],

@@ -14,12 +14,13 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from reparam.checks import strict_bools
+
 __all__ = [
     "ReparamBlock",
     "ReparamContainer",
     "answers_protocol",
     "autopad",
-    "check_bool",
     "check_centred_geometry",
     "check_divisible",
     "check_odd_kernel",
@@ -58,13 +59,6 @@ def check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {_type_hint(v)}")
 
 
-def check_bool(**values: bool) -> None:
-    """Raise ValueError naming the first argument that is not a bool (e.g. a YAML value in the wrong slot)."""
-    for name, v in values.items():
-        if not isinstance(v, bool):
-            raise ValueError(f"{name} must be True or False, got {_type_hint(v)}")
-
-
 def check_divisible(g: int, **channels: int) -> None:
     """Raise ValueError unless every named channel count is divisible by the group count ``g``."""
     for name, c in channels.items():
@@ -78,6 +72,7 @@ def check_odd_kernel(k: int) -> None:
         raise ValueError(f"kernel size k={k} must be odd so that smaller branches can be centred")
 
 
+@strict_bools
 def check_centred_geometry(
     c1: int, c2: int, k: int, s: int, p: int | None, g: int, d: int, family: str, dilation: bool = True
 ) -> int:

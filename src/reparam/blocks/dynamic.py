@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 from reparam.algebra import fold_bn_tensors
 from reparam.blocks.act import Act, resolve_act
-from reparam.blocks.base import ReparamContainer, autopad, check_bool, check_divisible, check_positive
+from reparam.blocks.base import ReparamContainer, autopad, check_divisible, check_positive
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.registry import register_block
+from reparam.checks import strict_bools
 
 __all__ = [
     "ALGORITHMS",
@@ -134,6 +135,7 @@ def _check_geometry(c1: int, c2: int, k: int, s: int, p: int | None, g: int, d: 
     return p
 
 
+@strict_bools
 @register_block("conv")
 class DynamicConv(nn.Module):
     """ParameterNet dynamic conv: per-sample kernel ``sum_e sigmoid(Linear(GAP(x)))_e W_e``; no BN, no act.
@@ -311,6 +313,7 @@ def _hidden(c2: int, e: float) -> int:
     return int(c2 * e)
 
 
+@strict_bools
 @register_block("conv")
 class Bottleneck_DynamicConv(ReparamContainer):
     """Ultralytics ``Bottleneck`` with dynamic cv2: ``[x +] cv2(cv1(x))``, residual if shortcut, c1 == c2.
@@ -330,7 +333,6 @@ class Bottleneck_DynamicConv(ReparamContainer):
         num_experts: int = 4,
     ) -> None:
         super().__init__()
-        check_bool(shortcut=shortcut)
         check_positive(c1=c1, c2=c2, g=g)
         c_ = _hidden(c2, e)
         self.cv1 = ConvBNAct(c1, c_, k[0], 1)
@@ -342,6 +344,7 @@ class Bottleneck_DynamicConv(ReparamContainer):
         return x + y if self.add else y
 
 
+@strict_bools
 @register_block("repeat")
 class C2f_DynamicConv(ReparamContainer):
     """Ultralytics ``C2f`` whose n bottlenecks are :class:`Bottleneck_DynamicConv` (e = 1.0, groups g)."""
@@ -358,7 +361,6 @@ class C2f_DynamicConv(ReparamContainer):
     ) -> None:
         super().__init__()
         check_positive(c1=c1, c2=c2, n=n, g=g)
-        check_bool(shortcut=shortcut)
         self.c = _hidden(c2, e)
         self.cv1 = ConvBNAct(c1, 2 * self.c, 1, 1)
         self.cv2 = ConvBNAct((2 + n) * self.c, c2, 1)

@@ -41,6 +41,7 @@ from reparam.blocks.base import (
 )
 from reparam.blocks.convbn import ConvBN
 from reparam.blocks.registry import register_block
+from reparam.checks import strict_bools
 
 __all__ = [
     "OREPA",
@@ -98,6 +99,7 @@ def _compute_dtype(ref: Tensor) -> torch.dtype:
     return ref.dtype
 
 
+@strict_bools
 class OREPAKernel(nn.Module):
     """The six-branch kernel generator of OREPA (no conv, no BN): ``forward()`` returns ``(O, I/g, k, k)``.
 
@@ -270,6 +272,7 @@ class _GenerateKernel(torch.autograd.Function):
         return (None, gvec, g_w0, g_delta.reshape(delta.shape), g_c2, g_dw, g_pw, None, None, *g_factors)
 
 
+@strict_bools
 def create_orepa(
     c1: int,
     c2: int,
@@ -284,8 +287,6 @@ def create_orepa(
     """The OREPA block for a kernel size: :class:`OREPA_1x1` for k = 1, :class:`OREPA_LargeConv` with
     ``large=True`` (k >= 5), else :class:`OREPA`. The registry builds the YAML name "OREPA" with it.
     """
-    if not isinstance(large, bool):
-        raise ValueError(f"large must be True or False, got {type(large).__name__} {large!r}")
     if k == 1:
         if large:
             raise ValueError("large=True needs a kernel size k >= 5, got k=1")
@@ -295,6 +296,7 @@ def create_orepa(
     return OREPA(c1, c2, k, s, p, g, d, act)
 
 
+@strict_bools
 @register_block("conv", build=create_orepa)
 class OREPA(ReparamBlock):
     """``act(BN(conv(x, K)))`` with ``K`` regenerated from six linear branches at every training forward.

@@ -15,11 +15,11 @@ from reparam.algebra import (
 from reparam.blocks.act import Act, resolve_act
 from reparam.blocks.base import (
     ReparamBlock,
-    check_bool,
     check_centred_geometry,
 )
 from reparam.blocks.convbn import ConvBN
 from reparam.blocks.registry import register_block
+from reparam.checks import strict_bools
 
 __all__ = ["QARepVGGBlock", "RepVGGBlock"]
 
@@ -65,6 +65,7 @@ class RepVGGBlock(ReparamBlock):
         return add_branches(*branches)
 
 
+@strict_bools
 @register_block("conv")
 class QARepVGGBlock(ReparamBlock):
     """Quantization-aware RepVGG: ``act(BN_post(BN(conv_kxk(x)) + conv_1x1(x) + x [+ avgpool(x)]))``.
@@ -86,7 +87,6 @@ class QARepVGGBlock(ReparamBlock):
         avg: bool = False,
     ) -> None:
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "QARepVGG")
-        check_bool(avg=avg)
         if avg and d != 1:
             raise ValueError(f"dilation d={d} is not supported with avg=True: the pool branch is undilated")
         super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))

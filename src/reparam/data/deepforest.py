@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
+from reparam.checks import strict_bools
 from reparam.data.tiling import Box, write_tiles
 from reparam.text import Progress, say
 
@@ -161,6 +162,7 @@ class SplitStats:
     per_class: dict[str, int] = field(default_factory=dict)
 
 
+@strict_bools
 @dataclass
 class PreparedDataset:
     """A tiled YOLO dataset: its data YAML, folder, per-split counts, and whether the cache was reused."""
@@ -253,6 +255,7 @@ def _load_manifest(root: Path, settings: dict) -> PreparedDataset | None:
     return PreparedDataset(root / "data.yaml", root, splits, settings, reused=True)
 
 
+@strict_bools
 def prepare_deepforest(
     cache: Path | str | None = None,
     tile: int = 320,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from reparam.blocks.act import Act, resolve_act
-from reparam.blocks.base import ReparamContainer, check_bool, check_positive
+from reparam.blocks.base import ReparamContainer, check_positive
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.efficientrep import (
     BepC3,
@@ -29,6 +29,7 @@ from reparam.blocks.efficientrep import (
     Transpose,
     resolve_basic_block,
 )
+from reparam.checks import strict_bools
 
 __all__ = [
     "BACKBONE_CHANNELS",
@@ -52,6 +53,7 @@ NECK_CHANNELS = (256, 128, 128, 256, 256, 512)
 NECK_REPEATS = (12, 12, 12, 12)
 
 
+@strict_bools
 @dataclass(frozen=True)
 class YOLOv6Variant:
     """One YOLOv6 v3.0 model size: scaling, basic block, activation and stage/SPPF types."""
@@ -108,6 +110,7 @@ def _check_channels(name: str, values: Sequence[int], length: int) -> tuple[int,
     return tuple(values)
 
 
+@strict_bools
 class EfficientRep(ReparamContainer):
     """EfficientRep / CSPBepBackbone: stem (3x3 s2), four stages [3x3 s2 block, RepBlock or BepC3], SPPF.
 
@@ -132,7 +135,6 @@ class EfficientRep(ReparamContainer):
         c = _check_channels("channels", channels, 5)
         r = _check_channels("repeats", repeats, 5)
         check_positive(in_channels=in_channels)
-        check_bool(cspsppf=cspsppf, return_p2=return_p2)
         cls = resolve_basic_block(block)
         self.return_p2 = return_p2
         self.stem = cls(in_channels, c[0], 3, 2, act=resolve_act(act))
@@ -159,6 +161,7 @@ class EfficientRep(ReparamContainer):
         return (p2, p3, p4, p5) if self.return_p2 else (p3, p4, p5)
 
 
+@strict_bools
 class RepPANNeck(ReparamContainer):
     """YOLOv6 Rep-PAN neck; with ``bic=True`` the v3.0 Rep-BiFPAN (BiC fusion, consumes P2).
 
@@ -182,7 +185,6 @@ class RepPANNeck(ReparamContainer):
         fusion_act: Act = True,
     ) -> None:
         super().__init__()
-        check_bool(bic=bic)
         ins = _check_channels("in_channels", in_channels, 4 if bic else 3)
         n = _check_channels("channels", channels, 6)
         r = _check_channels("repeats", repeats, 4)
@@ -231,6 +233,7 @@ class RepPANNeck(ReparamContainer):
         return pan3, pan4, pan5
 
 
+@strict_bools
 def efficientrep_backbone(
     variant: str = "n",
     *,
@@ -257,6 +260,7 @@ def efficientrep_backbone(
     )
 
 
+@strict_bools
 def reppan_neck(
     variant: str = "n",
     *,

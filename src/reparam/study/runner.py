@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 
 from reparam.bench.latency import Timing
+from reparam.checks import strict_bools
 from reparam.text import Progress, say, text_table
 
 __all__ = [
@@ -75,6 +76,7 @@ class StudyResult:
     table: str
 
 
+@strict_bools
 @dataclass
 class StudyContext:
     """What every task gets from :func:`run_study` besides its recipe."""
@@ -227,6 +229,7 @@ def _make_task(task: str, recipe: object | None, ctx: StudyContext) -> StudyTask
     return study(recipe, ctx)
 
 
+@strict_bools
 def run_study(
     task: str,
     variants: Sequence[str] | None = None,

@@ -24,6 +24,7 @@ from ultralytics.nn.tasks import BaseModel
 
 from reparam.adoption import FAMILIES, AdoptReport, adopt
 from reparam.bench.profile import count_params
+from reparam.checks import strict_bools
 from reparam.io import atomic_path
 from reparam.verification import relative_error
 from reparam.yolo.hooks import convert_model
@@ -231,6 +232,7 @@ def adopt_model(
     return adopted, report
 
 
+@strict_bools
 def adopt_checkpoint(
     src: str | Path,
     to: str,

@@ -22,6 +22,7 @@ from reparam.blocks.base import ReparamBlock
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.efficientrep import RepBlock, SimSPPF, Transpose
 from reparam.blocks.registry import registered_blocks
+from reparam.checks import strict_bools
 from reparam.io import atomic_path, check_writable, global_name, load_checkpoint
 from reparam.yolo.hooks import convert_model
 
@@ -108,6 +109,7 @@ def to_stock_modules(model: nn.Module) -> nn.Module:
     return model
 
 
+@strict_bools
 def deploy_checkpoint(
     src: str | Path,
     dst: str | Path | None = None,

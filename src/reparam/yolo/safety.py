@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from reparam.checks import strict_bools
 from reparam.io import AllowEntry, global_name, load_checkpoint
 
 __all__ = ["checkpoint_allow_list", "load_ultralytics_checkpoint", "ultralytics_safe_load"]
@@ -35,12 +36,14 @@ def checkpoint_allow_list() -> list[AllowEntry]:
     return list(_allow_table().values())
 
 
+@strict_bools
 def load_ultralytics_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
     """Load an Ultralytics/reparam checkpoint (training, ``YOLO.save``, deploy or state dict) on the CPU
     without running code from it; see ``reparam.io.load_checkpoint`` for the checks and ``trust``."""
     return load_checkpoint(path, trust=trust, allowed=checkpoint_allow_list())
 
 
+@strict_bools
 @contextlib.contextmanager
 def ultralytics_safe_load(trust: bool = False) -> Iterator[None]:
     """Run Ultralytics' own checkpoint loading (``YOLO(path)``, resume, val, export) in its safe-load mode.
