@@ -39,11 +39,7 @@ def _public() -> Iterator[tuple[str, Callable]]:
             yield f"{obj.__module__}.{obj.__qualname__}", obj
 
 
-SWITCHES = [
-    (f"{qual}:{param}", obj, param)
-    for qual, obj in _public()
-    for param in bool_parameters(obj)
-]
+SWITCHES = [(f"{qual}:{param}", obj, param) for qual, obj in _public() for param in bool_parameters(obj)]
 
 
 def test_the_walk_finds_the_known_switches() -> None:
@@ -82,7 +78,7 @@ def _call_with(obj: Callable, param: str, value: object) -> None:
         v = value if p.name == param else _Sentinel()
         if p.kind is p.POSITIONAL_ONLY:
             args.append(v)
-        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and (p.name == param or p.default is p.empty):
+        elif p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and (p.name == param or p.default is p.empty):
             kwargs[p.name] = v
     obj(*args, **kwargs)
 
