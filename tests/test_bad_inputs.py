@@ -42,6 +42,7 @@ from reparam.blocks import (
     create_orepa,
     resolve_act,
 )
+from reparam.checks import SwitchError
 from reparam.io import OverwriteRefusedError, UnsafeCheckpointError, load_checkpoint
 from reparam.models import efficientrep_backbone, reppan_neck
 
@@ -91,7 +92,7 @@ CONSTRUCTORS = [
     case("RepVGGBlock-act-typo", call(RepVGGBlock, 8, 8, act="relux"), ValueError,
          rf"act='relux' is not an activation; {ACTS}"),
     case("QARepVGGBlock-even-k", call(QARepVGGBlock, 8, 8, 2), ValueError, r"kernel size k=2 must be odd"),
-    case("QARepVGGBlock-avg-int", call(QARepVGGBlock, 8, 8, avg=1), ValueError,
+    case("QARepVGGBlock-avg-int", call(QARepVGGBlock, 8, 8, avg=1), SwitchError,
          r"avg must be True or False, got int 1"),
     case("QARepVGGBlock-c2-vs-groups", call(QARepVGGBlock, 8, 10, g=4), ValueError,
          r"c2=10 must be divisible by groups g=4"),
@@ -110,7 +111,7 @@ CONSTRUCTORS = [
          r"needs kernel size k >= 5, got k=3"),
     case("create_orepa-large-k1", call(create_orepa, 8, 8, 1, large=True), ValueError,
          r"large=True needs a kernel size k >= 5, got k=1"),
-    case("create_orepa-large-str", call(create_orepa, 8, 8, 5, large="yes"), ValueError,
+    case("create_orepa-large-str", call(create_orepa, 8, 8, 5, large="yes"), SwitchError,
          r"large must be True or False, got str 'yes'"),
     case("DynamicConv-num_experts-0", call(DynamicConv, 8, 8, 3, num_experts=0), ValueError,
          r"num_experts must be a positive integer, got int 0"),
@@ -120,7 +121,7 @@ CONSTRUCTORS = [
          r"padding p must be a non-negative integer, got -1"),
     case("DynamicConvBNAct-act-bad", call(DynamicConvBNAct, 8, 8, 3, act="bogus"), ValueError,
          rf"act='bogus' is not an activation; {ACTS}"),
-    case("C2f_DynamicConv-shortcut-str", call(C2f_DynamicConv, 8, 8, 1, "True"), ValueError,
+    case("C2f_DynamicConv-shortcut-str", call(C2f_DynamicConv, 8, 8, 1, "True"), SwitchError,
          r"shortcut must be True or False, got str 'True'"),
     case("C2f_DynamicConv-n-0", call(C2f_DynamicConv, 8, 8, 0), ValueError, r"n must be a positive integer"),
     case("RepBlock-C2f-style-args", call(RepBlock, 8, 16, 1, True), ValueError,
@@ -144,9 +145,9 @@ CONSTRUCTORS = [
          r"variant must be one of n, s, m, l, got 'z'"),
     case("efficientrep_backbone-block", call(efficientrep_backbone, "n", block="Foo"), ValueError,
          r"block must be one of .* got 'Foo'"),
-    case("efficientrep_backbone-return_p2-str", call(efficientrep_backbone, "n", return_p2="no"), ValueError,
+    case("efficientrep_backbone-return_p2-str", call(efficientrep_backbone, "n", return_p2="no"), SwitchError,
          r"return_p2 must be True or False, got str 'no'"),
-    case("reppan_neck-bic-str", call(reppan_neck, "n", bic="no"), ValueError,
+    case("reppan_neck-bic-str", call(reppan_neck, "n", bic="no"), SwitchError,
          r"bic must be True or False, got str 'no'"),
     case("reppan_neck-in_channels-length", call(reppan_neck, "n", in_channels=(32, 64)), ValueError,
          r"in_channels must be 4 positive integers, got \(32, 64\)"),
@@ -263,7 +264,7 @@ VERIFY = [
     case("reparameterize-TorchScript", with_model(reparam.reparameterize, scripted), TypeError, TS),
     case("reparameterize-train-mode", with_model(reparam.reparameterize, lambda: small().train()), ValueError,
          r"model is in training mode: call model\.eval\(\) before converting .*allow_train=True"),
-    case("reparameterize-inplace-str", with_model(reparam.reparameterize, small, inplace="yes"), ValueError,
+    case("reparameterize-inplace-str", with_model(reparam.reparameterize, small, inplace="yes"), SwitchError,
          r"inplace must be True or False, got str 'yes'"),
 ]  # fmt: skip
 

@@ -332,7 +332,7 @@ def test_thop_and_ultralytics_gflops_count_every_dynamic_conv_in_full() -> None:
         ({"c1": 4, "c2": 8, "k": 2}, "k=2 must be odd for automatic 'same' padding"),
         ({"c1": 4, "c2": 8, "k": 3, "p": -1}, "padding p must be a non-negative integer"),
         ({"c1": 0, "c2": 8}, "c1 must be a positive integer"),
-        ({"c1": 4, "c2": 8, "bias": 1}, "bias must be a bool"),
+        ({"c1": 4, "c2": 8, "bias": 1}, "bias must be True or False"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, match: str) -> None:

@@ -141,9 +141,22 @@ def _direct(sub: dict[str, Tensor], renames: Callable[[str], str] = lambda k: k)
     return mapped, []
 
 
-def _fit(t: Tensor, like: Tensor) -> Tensor:
-    """``t`` reshaped to ``like``'s shape when the element counts agree (else unchanged: a shape error)."""
-    return t.reshape(like.shape) if t.numel() == like.numel() else t
+def _shape_error(source: str, got: tuple[int, ...], target: str, want: tuple[int, ...]) -> ValueError:
+    return ValueError(
+        f"state_dict_or_path: {source} has shape {got} but the model's {target} needs {want} "
+        "(different block geometry or tensor layout?)"
+    )
+
+
+def _layout(source: str, t: Tensor, official: tuple[int, ...], target: str, own: tuple[int, ...]) -> Tensor:
+    """A documented layout transform: ``t`` saved in the ``official`` shape, reshaped to the model's ``own``.
+
+    Only that exact shape is transformed (never any tensor with the same element count); else a ValueError
+    naming the key and both shapes.
+    """
+    if tuple(t.shape) != tuple(official):
+        raise _shape_error(source, tuple(t.shape), target, tuple(own))
+    return t.reshape(own)
 
 
 def _deploy(block: nn.Module, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]] | None:
@@ -156,10 +169,14 @@ def _deploy(block: nn.Module, sub: dict[str, Tensor]) -> tuple[str, Mapped, list
 
 
 _DBB_RENAMES = {"dbb_avg.bn.bn.": "dbb_avg.bn.", "dbb_1x1_kxk.bn1.bn.": "dbb_1x1_kxk.bn1."}
+_CONSTANT = "(constant)"  # source of a constant buffer the official files do not carry
+_DBB_ID = "dbb_1x1_kxk.idconv1.id_tensor"
 
 
 def _dbb(block: DBB, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
-    """BN-and-pad wraps its BN (``.bn.bn.``); a non-identity first 1x1 (``conv1``) becomes ``idconv1``."""
+    """BN-and-pad wraps its BN (``.bn.bn.``); IdentityBasedConv1x1 keeps ``id_tensor`` as a plain attribute
+    (not in its state dict), so the constant identity is filled in; a plain first 1x1 (``conv1``, when the
+    internal width is not c1) becomes ``idconv1`` as ``weight - identity``."""
     official = any(k.startswith(tuple(_DBB_RENAMES)) or k.startswith("dbb_1x1_kxk.conv1.") for k in sub)
 
     def rename(key: str) -> str:
@@ -169,12 +186,16 @@ def _dbb(block: DBB, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
         return key
 
     mapped, _ = _direct({k: v for k, v in sub.items() if k != "dbb_1x1_kxk.conv1.weight"}, rename)
+    ident = block.dbb_1x1_kxk.idconv1.id_tensor
     if "dbb_1x1_kxk.conv1.weight" in sub:
-        ident = block.dbb_1x1_kxk.idconv1.id_tensor
-        w = _fit(sub["dbb_1x1_kxk.conv1.weight"], ident)
-        delta = w - ident.to(w) if w.shape == ident.shape else w
-        mapped["dbb_1x1_kxk.idconv1.weight"] = ("dbb_1x1_kxk.conv1.weight", delta)
-        mapped["dbb_1x1_kxk.idconv1.id_tensor"] = ("(identity)", ident)
+        w = sub["dbb_1x1_kxk.conv1.weight"]
+        if w.shape != ident.shape:
+            raise _shape_error(
+                "dbb_1x1_kxk.conv1.weight", tuple(w.shape), "dbb_1x1_kxk.idconv1", tuple(ident.shape)
+            )
+        mapped["dbb_1x1_kxk.idconv1.weight"] = ("dbb_1x1_kxk.conv1.weight", w - ident.to(w))
+    if _DBB_ID not in sub and "dbb_1x1_kxk.idconv1.weight" in mapped:
+        mapped[_DBB_ID] = (_CONSTANT, ident)
     return ("dbb-official" if official else "reparam"), mapped, []
 
 
@@ -204,30 +225,40 @@ def _orepa(block: OREPA, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]
     """OREPA (JUGGHM/OREPA_CVPR2022): names, the grouped pointwise row order, and the saved fixed filters
     (mean filter and frequency prior) written into ``gen.fixed_filters``."""
     gen = block.gen
-    own = gen.state_dict()
     mapped: Mapped = {}
     rest: list[str] = []
     for key, t in sub.items():
-        if key in _OREPA_NAMES:
-            target = _OREPA_NAMES[key]
-            mapped[target] = (key, _fit(t, own[target[len("gen.") :]]))
-        elif key == "weight_orepa_gconv_pw":
-            mapped["gen.weight_pw"] = (key, _orepa_pw(t, block.g))
-        elif key == "weight_orepa_1x1_kxk_conv1":  # older form without the identity buffer
+        if key == "id_tensor":  # official (T, I/g, 1, 1), reparam (T, I/g)
             ident = gen.id_tensor
-            w = _fit(t, ident)
-            mapped["gen.weight_1x1_kxk_idconv1"] = (key, _fit(w - ident.to(w), gen.weight_1x1_kxk_idconv1))
-            mapped["gen.id_tensor"] = ("(identity)", ident)
+            mapped["gen.id_tensor"] = (
+                key,
+                _layout(key, t, (*ident.shape, 1, 1), "gen.id_tensor", ident.shape),
+            )
+        elif key in _OREPA_NAMES:
+            mapped[_OREPA_NAMES[key]] = (key, t)
+        elif key == "weight_orepa_gconv_pw":
+            mapped["gen.weight_pw"] = (key, _orepa_pw(t, block.g) if t.shape == gen.weight_pw.shape else t)
+        elif key == "weight_orepa_1x1_kxk_conv1":  # older form without the identity buffer
+            own1 = gen.weight_1x1_kxk_idconv1
+            if t.shape != own1.shape:
+                raise _shape_error(key, tuple(t.shape), "gen.weight_1x1_kxk_idconv1", tuple(own1.shape))
+            mapped["gen.weight_1x1_kxk_idconv1"] = (key, t - gen.id_tensor.to(t).view(own1.shape))
+            mapped["gen.id_tensor"] = (_CONSTANT, gen.id_tensor)
         elif key.startswith("bn."):
             mapped[key] = (key, t)
         elif key not in ("weight_orepa_avg_avg", "weight_orepa_prior"):
             rest.append(key)
     if "weight_orepa_prior" in sub:
         filters = gen.fixed_filters.detach().clone()
-        view = filters.view(filters.shape[0], block.c2, block.k, block.k)
-        view[1] = sub["weight_orepa_prior"].reshape(block.c2, block.k, block.k)
+        c2, k = block.c2, block.k
+        view = filters.view(filters.shape[0], c2, k, k)
+        view[1] = _layout(
+            "weight_orepa_prior", sub["weight_orepa_prior"], (c2, k, k), "gen.fixed_filters", (c2, k, k)
+        )
         if "weight_orepa_avg_avg" in sub:
-            view[0] = sub["weight_orepa_avg_avg"].reshape(block.k, block.k)
+            view[0] = _layout(
+                "weight_orepa_avg_avg", sub["weight_orepa_avg_avg"], (k, k), "gen.fixed_filters", (k, k)
+            )
         mapped["gen.fixed_filters"] = ("weight_orepa_prior", filters)
     elif "weight_orepa_avg_avg" in sub:
         rest.append("weight_orepa_avg_avg")
@@ -251,8 +282,13 @@ def _dynamic(block: DynamicConv, sub: dict[str, Tensor]) -> tuple[str, Mapped, l
         target = _CONDCONV.get(key)
         if target is None:
             rest.append(key)
+        elif target == "weight":  # (E, c2 * c1/g * k * k) -> (E, c2, c1/g * k * k)
+            e, c2, per = own["weight"].shape
+            mapped[target] = (key, _layout(key, t, (e, c2 * per), target, (e, c2, per)))
+        elif target == "bias" and target in own:  # (E, c2) -> (E, c2, 1)
+            mapped[target] = (key, _layout(key, t, own["bias"].shape[:2], target, own["bias"].shape))
         else:
-            mapped[target] = (key, _fit(t, own[target]) if target in own else t)
+            mapped[target] = (key, t)
     return "timm-condconv", mapped, rest
 
 
@@ -318,6 +354,7 @@ def _map(model: nn.Module, state: dict[str, Tensor]) -> tuple[Mapped, list[Block
 
 
 def _check_shapes(mapped: Mapped, own: dict[str, Tensor]) -> None:
+    """Only exact shapes load (layout transforms reshape before this): never by element count alone."""
     bad = [
         f"{source} {tuple(t.shape)} -> {key} {tuple(own[key].shape)}"
         for key, (source, t) in mapped.items()
@@ -326,7 +363,7 @@ def _check_shapes(mapped: Mapped, own: dict[str, Tensor]) -> None:
     if bad:
         raise ValueError(
             f"state_dict_or_path: {len(bad)} tensor(s) do not fit the model's shapes "
-            f"(different block geometry?): {_listing(bad)}"
+            f"(different block geometry or tensor layout?): {_listing(bad)}"
         )
 
 

@@ -164,8 +164,6 @@ class DynamicConv(nn.Module):
     ) -> None:
         super().__init__()
         p = _check_geometry(c1, c2, k, s, p, g, d, num_experts)
-        if not isinstance(bias, bool):
-            raise ValueError(f"bias must be a bool, got {bias!r}")
         self.c1, self.c2, self.k, self.s, self.p, self.g, self.d = c1, c2, k, s, p, g, d
         self.num_experts = num_experts
         self.algorithm: Algorithm = "auto"
