@@ -2,7 +2,7 @@
 exact same function (``adopt``), so fine-tuning begins from the trained weights."""
 
 from reparam.adoption.api import adopt
-from reparam.adoption.report import AdoptedLayer, AdoptReport, SkippedLayer
+from reparam.adoption.report import AdoptCheckError, AdoptedLayer, AdoptReport, SkippedLayer
 from reparam.adoption.units import FAMILIES
 
-__all__ = ["FAMILIES", "AdoptReport", "AdoptedLayer", "SkippedLayer", "adopt"]
+__all__ = ["FAMILIES", "AdoptCheckError", "AdoptReport", "AdoptedLayer", "SkippedLayer", "adopt"]

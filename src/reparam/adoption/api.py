@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from reparam.adoption.families import build_block
-from reparam.adoption.report import AdoptedLayer, AdoptReport, SkippedLayer
+from reparam.adoption.report import AdoptCheckError, AdoptedLayer, AdoptReport, SkippedLayer
 from reparam.adoption.units import FAMILIES, Unit, compile_where, find_units, unsupported
 from reparam.checks import strict_bools
 from reparam.verification import default_rtol, relative_error
@@ -41,13 +41,121 @@ def _keep_attributes(old: nn.Module, new: nn.Module) -> None:
             setattr(new, key, value)
 
 
-def _replace(unit: Unit, block: nn.Module) -> None:
+Undo = list[tuple[nn.Module, str, nn.Module]]  # (parent, child name, the child before) to put back
+
+
+def _replace(unit: Unit, block: nn.Module, undo: Undo) -> None:
     if unit.kind == "conv-module":
         _keep_attributes(unit.module, block)
     if unit.parent is not None:
+        undo.append((unit.parent, unit.attr, unit.module))
         setattr(unit.parent, unit.attr, block)
     if unit.bn_attr is not None:
+        undo.append((unit.parent, unit.bn_attr, getattr(unit.parent, unit.bn_attr)))
         setattr(unit.parent, unit.bn_attr, nn.Identity())
+
+
+def _restore(undo: Undo) -> None:
+    """Put every replaced child back, last change first: the model is as it was before adopt."""
+    for parent, attr, old in reversed(undo):
+        setattr(parent, attr, old)
+
+
+def _places(model: nn.Module) -> dict[int, list[str]]:
+    """id(module) -> every path it is reachable under (a module used twice has two)."""
+    places: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        places.setdefault(id(m), []).append(name)
+    return places
+
+
+def _parts(unit: Unit) -> dict[int, str]:
+    """id -> path of the conv and BN this unit holds."""
+    if unit.kind == "conv-module":
+        parts = {id(unit.conv): _sub(unit.name, "conv")}
+        return parts | ({id(unit.bn): _sub(unit.name, "bn")} if unit.bn is not None else {})
+    parts = {id(unit.conv): unit.name}
+    if unit.bn_attr is not None:
+        parts[id(unit.bn)] = _sub(unit.name.rpartition(".")[0], unit.bn_attr)
+    return parts
+
+
+def _sub(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _ties(model: nn.Module, chosen: list[Unit]) -> list[list[Unit]]:
+    """The chosen units grouped by shared conv (weight tying); one adopted block will serve each group.
+
+    A tie is kept only when every place of the shared conv and BN is a chosen unit of the same form;
+    otherwise adopting would untie it, and ValueError names all the places.
+    """
+    places = _places(model)
+    groups: dict[int, list[Unit]] = {}
+    for unit in chosen:
+        groups.setdefault(id(unit.conv), []).append(unit)
+    for group in groups.values():
+        used = {path for key in _parts(group[0]) for path in places.get(key, [])}
+        covered = {path for unit in group for path in _parts(unit).values()}
+        forms = {(id(u.module), id(u.bn), u.kind) for u in group}
+        if len(forms) > 1 or used != covered:
+            where = ", ".join(repr(p) for p in sorted(used | covered))
+            raise ValueError(
+                f"where: the conv of {group[0].name!r} is shared (weight tying): it is used at {where}; "
+                "adopting it at only some places, or with different BNs, would untie it: select every place "
+                "(the same Conv2d(+BN)(+act) each time) or none"
+            )
+    return list(groups.values())
+
+
+def _unit_forward(unit: Unit, x: Tensor) -> Tensor:
+    """What the replaced layer computed: the Conv-like module, conv then its paired BN, or the conv."""
+    if unit.kind == "conv-module":
+        return unit.module(x)
+    return unit.bn(unit.conv(x)) if unit.bn is not None else unit.conv(x)
+
+
+@torch.no_grad()
+def _failure(report: AdoptReport, target: nn.Module, x: Tensor, adopted: list[tuple[Unit, nn.Module]]) -> str:
+    """Why adoption is refused, naming the units whose block differs from the layer it replaced (on the
+    input the block saw), else the position/name pairings the model's forward does not follow."""
+    seen: dict[int, Tensor] = {}
+
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen.setdefault(id(module), args[0])
+
+    hooks = [block.register_forward_pre_hook(record) for _, block in adopted]
+    try:
+        _eval_output(target, x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    bad = []
+    for unit, block in adopted:
+        if id(block) not in seen:
+            continue
+        old = [unit.module, unit.conv, block] + ([unit.bn] if unit.bn is not None else [])
+        flags = [(m, m.training) for mod in old for m in mod.modules()]
+        for mod in old:
+            mod.eval()
+        try:
+            rel = relative_error(_unit_forward(unit, seen[id(block)]), block(seen[id(block)]))[1]
+        finally:
+            for m, training in flags:
+                m.training = training
+        if not rel <= report.rtol:
+            bad.append(f"{unit.name or '<model>'} (rel error {rel:.3g})")
+    if not bad:
+        paired = [u.name for u, _ in adopted if u.bn_attr is not None] or [u.name for u, _ in adopted]
+        bad = [
+            f"{', '.join(paired)} (each block matches its layer, so the model's forward does not apply "
+            "these layers as conv -> BN where they sit)"
+        ]
+    return (
+        f"adopt(to={report.to!r}) refused: the adopted model does not compute the original's function "
+        f"(max rel error {report.max_rel_error:.3g} > {report.rtol:g}); the model is unchanged. "
+        f"Unit(s): {'; '.join(bad)}. Leave them out with where=."
+    )
 
 
 def _first_param(model: nn.Module) -> Tensor:
@@ -82,7 +190,8 @@ def _eval_output(model: nn.Module, x: Tensor) -> Any:
     except Exception as err:
         raise ValueError(
             f"input_shape={tuple(x.shape)}: the model failed on a random input of this shape "
-            f"({type(err).__name__}: {err}); pass input_shape= with a shape the model accepts"
+            f"({type(err).__name__}: {err}); call reparam.adopt(model, to, input_shape=...) from Python "
+            "with a shape the model accepts"
         ) from err
     finally:
         for m, training in flags:
@@ -144,25 +253,29 @@ def adopt(
     before = _count(model)
     target = model if inplace else copy.deepcopy(model)
     chosen, skipped, left = _plan(find_units(target), to, where)
-    layers = []
-    for unit in chosen:
-        block, read = build_block(unit, to)
-        _replace(unit, block)
-        if unit.parent is None:
-            target = block
-        k, s = unit.conv.kernel_size[0], unit.conv.stride[0]
-        layers.append(AdoptedLayer(unit.name, _source(unit), type(block).__name__, k, s, read, _note(unit)))
-    abs_err, rel_err = relative_error(reference, _eval_output(target, x))
-    report = AdoptReport(
-        to,
-        layers,
-        skipped,
-        left,
-        before,
-        _count(target),
-        tuple(x.shape),
-        abs_err,
-        rel_err,
-        default_rtol(x.dtype),
-    )
+    groups = _ties(target, chosen)
+    layers: list[AdoptedLayer] = []
+    adopted: list[tuple[Unit, nn.Module]] = []
+    undo: Undo = []
+    try:  # on any failure the model (the caller's, with inplace=True) gets every replaced child back
+        for group in groups:
+            block, read = build_block(group[0], to)
+            adopted.append((group[0], block))
+            for unit in group:
+                _replace(unit, block, undo)
+                target = block if unit.parent is None else target
+                k, s = unit.conv.kernel_size[0], unit.conv.stride[0]
+                note = _note(unit) if unit is group[0] else f"tied: the same block as {group[0].name!r}"
+                n = read if unit is group[0] else 0
+                layers.append(AdoptedLayer(unit.name, _source(unit), type(block).__name__, k, s, n, note))
+        abs_err, rel_err = relative_error(reference, _eval_output(target, x))
+        rtol = default_rtol(x.dtype)
+        report = AdoptReport(
+            to, layers, skipped, left, before, _count(target), tuple(x.shape), abs_err, rel_err, rtol
+        )
+        if layers and not report.ok:
+            raise AdoptCheckError(_failure(report, target, x, adopted), report)
+    except BaseException:
+        _restore(undo)
+        raise
     return target, report

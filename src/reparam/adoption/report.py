@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 
 from reparam.text import text_table
 
-__all__ = ["AdoptReport", "AdoptedLayer", "SkippedLayer"]
+__all__ = ["AdoptCheckError", "AdoptReport", "AdoptedLayer", "SkippedLayer"]
+
+
+class AdoptCheckError(RuntimeError):
+    """The adopted model does not compute the original's function (a failed check, not bad input); the
+    message names the unit(s) and ``report`` holds the measurement. Nothing of the caller's is changed."""
+
+    def __init__(self, message: str, report: AdoptReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)

@@ -70,9 +70,15 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _children(module: nn.Module) -> dict[str, nn.Module]:
+    """Every child by name, a module used under two names included (``named_children`` yields it once:
+    a tied conv must be seen at each place it is used)."""
+    return {name: child for name, child in module._modules.items() if child is not None}
+
+
 def _pairs(module: nn.Module) -> Iterator[tuple[str, str]]:
     """(conv child, BN child) pairs of ``module``: adjacent in a plain Sequential, else conv<x>/bn<x>."""
-    children = dict(module.named_children())
+    children = _children(module)
     if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
         for a, b in itertools.pairwise(children):
             if _is_conv(children[a]) and _bn_after(children[b], children[a]):
@@ -91,7 +97,7 @@ def _walk(module: nn.Module, prefix: str, units: list[Unit]) -> None:
             paired[a] = b
     kind = "sequential" if isinstance(module, nn.Sequential) else "named-pair"
     bns = set(paired.values())
-    for name, child in module.named_children():
+    for name, child in _children(module).items():
         path = _join(prefix, name)
         if name in paired:
             bn = getattr(module, paired[name])

@@ -332,6 +332,11 @@ class Bottleneck_DynamicConv(ReparamContainer):
     ) -> None:
         super().__init__()
         check_positive(c1=c1, c2=c2, g=g)
+        if not (isinstance(k, tuple | list) and len(k) == 2):
+            raise ValueError(
+                f"k must be a pair (cv1 kernel, cv2 kernel) as in Ultralytics' Bottleneck, e.g. k=(3, 3); "
+                f"got {type(k).__name__} {k!r}"
+            )
         c_ = _hidden(c2, e)
         self.cv1 = ConvBNAct(c1, c_, k[0], 1)
         self.cv2 = DynamicConvBNAct(c_, c2, k[1], 1, g=g, num_experts=num_experts)

@@ -11,6 +11,7 @@ builders in ``reparam.models.yolov6``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -52,6 +53,13 @@ def resolve_basic_block(block: BlockChoice) -> type[nn.Module]:
             )
         return get_block(block)
     if isinstance(block, type) and issubclass(block, nn.Module):
+        try:
+            inspect.signature(block).bind(1, 1, 3, 1, act=nn.Identity())
+        except TypeError:
+            raise ValueError(
+                f"block={block.__name__} must accept Ultralytics-style arguments (c1, c2, k, s, act=...), "
+                f"as {', '.join(BASIC_BLOCKS)} do"
+            ) from None
         return block
     raise ValueError(f"block must be one of {', '.join(BASIC_BLOCKS)} or a module class, got {block!r}")
 

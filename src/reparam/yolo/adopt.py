@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 from ultralytics.nn.tasks import BaseModel
 
-from reparam.adoption import FAMILIES, AdoptReport, adopt
+from reparam.adoption import FAMILIES, AdoptCheckError, AdoptReport, adopt
 from reparam.bench.profile import count_params
 from reparam.checks import strict_bools
 from reparam.io import atomic_path
@@ -54,10 +54,6 @@ WHERE = ("zoo", "all3x3")
 _ZOO_NAMES = {*FAMILY_BLOCKS.values(), "DynamicConv"}  # zoo rows that stand in for one Conv
 _DROPPED = ("ema", "optimizer", "updates", "scaler")  # training state: fine-tuning starts fresh
 _SCALE = re.compile(r"^(yolo(?:v)?\d+)[nslmx]?\.ya?ml$")
-
-
-class AdoptCheckError(RuntimeError):
-    """The adopted model does not compute the original's function, or its YAML does not rebuild it."""
 
 
 def _rows(cfg: dict[str, Any]) -> list[list[Any]]:
