@@ -84,17 +84,18 @@ class RefBNAndPad(nn.Module):
 
 
 class RefIdentityConv(nn.Conv2d):
-    """DBB's identity-based 1x1: kernel = weight + a fixed identity buffer ``id_tensor``."""
+    """DBB's IdentityBasedConv1x1: kernel = weight + ``id_tensor``, a plain attribute (not a buffer), so
+    the official state dict holds only ``weight``."""
 
     def __init__(self, c, g):
         super().__init__(c, c, 1, 1, 0, groups=g, bias=False)
         ident = torch.zeros(c, c // g, 1, 1)
         for i in range(c):
             ident[i, i % (c // g), 0, 0] = 1
-        self.register_buffer("id_tensor", ident)
+        self.id_tensor = ident
 
     def forward(self, x):
-        return F.conv2d(x, self.weight + self.id_tensor, None, 1, 0, 1, self.groups)
+        return F.conv2d(x, self.weight + self.id_tensor.to(self.weight), None, 1, 0, 1, self.groups)
 
 
 class RefDBB(nn.Module):
@@ -145,14 +146,13 @@ class RefOREPA(nn.Module):
         self.weight_orepa_avg_conv = P(torch.randn(c2, ig, 1, 1))
         self.weight_orepa_pfir_conv = P(torch.randn(c2, ig, 1, 1))
         self.register_buffer("weight_orepa_avg_avg", torch.ones(k, k) / k**2)
-        prior = torch.zeros(c2, k, k)
+        prior = torch.zeros(c2, k, k)  # registered last, as the official fre_init() does
         half = c2 / 2
         for i in range(c2):
             for h in range(3):
                 for w in range(3):
                     f, pos = (i + 1, h) if i < half else (i + 1 - half, w)
                     prior[i, h, w] = math.cos(math.pi * (pos + 0.5) * f / 3)
-        self.register_buffer("weight_orepa_prior", prior)
         self.weight_orepa_1x1 = P(torch.randn(c2, ig, 1, 1))
         self.weight_orepa_1x1_kxk_idconv1 = P(torch.randn(t, ig, 1, 1) * 0.3)
         ident = torch.zeros(t, ig, 1, 1)
@@ -164,6 +164,7 @@ class RefOREPA(nn.Module):
         self.weight_orepa_gconv_pw = P(torch.randn(c2, 8 * c1 // g, 1, 1))
         self.vector = P(torch.randn(6, c2))
         self.bn = nn.BatchNorm2d(c2)
+        self.register_buffer("weight_orepa_prior", prior)
 
     def kernel(self):
         c1, c2, k, g = self.c1, self.c2, self.k, self.g
@@ -229,6 +230,51 @@ def _assert_same(ref, ours, dtype, shape=(2, 4, 9, 9), seed=1):
 
 def _wrap(m):
     return nn.Sequential(nn.Identity(), m)
+
+
+# --------------------------------------------------------------------------- the official key lists
+BN = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+
+
+def _bn(prefix):
+    return [f"{prefix}.{n}" for n in BN]
+
+
+OFFICIAL_KEYS = {  # written from the published definitions (SPEC.md §7), in their state-dict order
+    "RepVGG(4, 4)": [*_bn("rbr_identity"), "rbr_dense.conv.weight", *_bn("rbr_dense.bn"),
+                     "rbr_1x1.conv.weight", *_bn("rbr_1x1.bn")],
+    "RepVGG(4, 8, s=2)": ["rbr_dense.conv.weight", *_bn("rbr_dense.bn"), "rbr_1x1.conv.weight",
+                          *_bn("rbr_1x1.bn")],
+    "QARepVGG(4, 4)": ["rbr_dense.conv.weight", *_bn("rbr_dense.bn"), "rbr_1x1.weight", *_bn("bn")],
+    "DBB(4, 8)": ["dbb_origin.conv.weight", *_bn("dbb_origin.bn"), "dbb_avg.conv.weight",
+                  *_bn("dbb_avg.bn.bn"), *_bn("dbb_avg.avgbn"), "dbb_1x1.conv.weight", *_bn("dbb_1x1.bn"),
+                  "dbb_1x1_kxk.idconv1.weight", *_bn("dbb_1x1_kxk.bn1.bn"), "dbb_1x1_kxk.conv2.weight",
+                  *_bn("dbb_1x1_kxk.bn2")],
+    "DBB(6, 6, g=6)": ["dbb_origin.conv.weight", *_bn("dbb_origin.bn"), *_bn("dbb_avg.avgbn"),
+                       "dbb_1x1_kxk.conv1.weight", *_bn("dbb_1x1_kxk.bn1.bn"), "dbb_1x1_kxk.conv2.weight",
+                       *_bn("dbb_1x1_kxk.bn2")],
+    "OREPA(4, 8)": ["weight_orepa_origin", "weight_orepa_avg_conv", "weight_orepa_pfir_conv",
+                    "weight_orepa_1x1", "weight_orepa_1x1_kxk_idconv1", "weight_orepa_1x1_kxk_conv2",
+                    "weight_orepa_gconv_dw", "weight_orepa_gconv_pw", "vector", "weight_orepa_avg_avg",
+                    "id_tensor", "weight_orepa_prior", *_bn("bn")],
+    "CondConv(4, 6)": ["routing.weight", "routing.bias", "cond_conv.weight", "cond_conv.bias"],
+}  # fmt: skip
+REFERENCES = {
+    "RepVGG(4, 4)": lambda: RefRepVGG(4, 4),
+    "RepVGG(4, 8, s=2)": lambda: RefRepVGG(4, 8, 3, 2),
+    "QARepVGG(4, 4)": lambda: RefQARepVGG(4, 4),
+    "DBB(4, 8)": lambda: RefDBB(4, 8),
+    "DBB(6, 6, g=6)": lambda: RefDBB(6, 6, 3, 1, 6),
+    "OREPA(4, 8)": lambda: RefOREPA(4, 8),
+    "CondConv(4, 6)": lambda: RefCondConvDynamic(4, 6),
+}
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_KEYS))
+def test_references_have_exactly_the_official_keys(name):
+    """The re-created references save what the official code saves, no more (a buffer the official code
+    keeps as a plain attribute would hide a missing tensor) and no less."""
+    assert list(REFERENCES[name]().state_dict()) == OFFICIAL_KEYS[name]
 
 
 # --------------------------------------------------------------------------- tests
