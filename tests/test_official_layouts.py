@@ -8,6 +8,8 @@ lists are written out from the official source and asserted, so the re-creation 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,7 @@ from torch import nn
 
 from reparam.blocks.dbb import DBB
 from reparam.blocks.dynamic import DynamicConv
-from reparam.blocks.orepa import OREPA, OREPA_1x1
+from reparam.blocks.orepa import OREPA, OREPA_1x1, OREPARepVGG
 from reparam.blocks.repvgg import RepVGGBlock
 from reparam.convert import randomize_bn_
 from reparam.verification import relative_error
@@ -202,22 +204,130 @@ def test_condconv_bank_with_the_same_count_but_wrong_layout_is_refused() -> None
         load_weights(ours, state)
 
 
+# --------------------------------------------------------------------------- official OREPA variants
+class OfficialOREPA1x1(nn.Module):
+    """OREPA_1x1 (blocks.py): bn(conv(x, v0 * origin + v1 * (conv2 @ conv1))), groups 1."""
+
+    def __init__(self, c1: int, c2: int) -> None:
+        super().__init__()
+        t = min(c1, c2)
+        self.weight_or1x1_origin = nn.Parameter(torch.randn(c2, c1, 1, 1))
+        self.weight_or1x1_l2i_conv1 = nn.Parameter(torch.randn(t, c1, 1, 1))
+        self.weight_or1x1_l2i_conv2 = nn.Parameter(torch.randn(c2, t, 1, 1))
+        self.vector = nn.Parameter(torch.randn(2, c2))
+        self.bn = nn.BatchNorm2d(c2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.vector
+        low = torch.einsum("tihw,othw->oihw", self.weight_or1x1_l2i_conv1, self.weight_or1x1_l2i_conv2)
+        w = self.weight_or1x1_origin * v[0].view(-1, 1, 1, 1) + low * v[1].view(-1, 1, 1, 1)
+        return self.bn(F.conv2d(x, w))
+
+
+def _prior(c2: int) -> torch.Tensor:
+    """The reference's frequency prior (k = 3, frequency not wrapped)."""
+    prior = torch.zeros(c2, 3, 3)
+    half = c2 / 2
+    for i in range(c2):
+        for h in range(3):
+            for w in range(3):
+                f, pos = (i + 1, h) if i < half else (i + 1 - half, w)
+                prior[i, h, w] = math.cos(math.pi * (pos + 0.5) * f / 3)
+    return prior
+
+
+class OfficialOREPA3x3RepVGG(nn.Module):
+    """OREPA_3x3_RepVGG (blocks_repvgg.py), groups 1: five generated branches, one conv, one BN. Its vector
+    has a sixth row when c1 == c2 and s == 1, which weight_gen never reads."""
+
+    def __init__(self, c1: int, c2: int, s: int) -> None:
+        super().__init__()
+        self.s = s
+        rows = 6 if c1 == c2 and s == 1 else 5
+        P = nn.Parameter
+        self.weight_rbr_origin = P(torch.randn(c2, c1, 3, 3))
+        self.weight_rbr_avg_conv = P(torch.randn(c2, c1, 1, 1))
+        self.weight_rbr_pfir_conv = P(torch.randn(c2, c1, 1, 1))
+        self.register_buffer("weight_rbr_avg_avg", torch.ones(3, 3) / 9)
+        self.weight_rbr_1x1_kxk_idconv1 = P(torch.randn(c1, c1, 1, 1))
+        self.register_buffer("id_tensor", torch.eye(c1).view(c1, c1, 1, 1))
+        self.weight_rbr_1x1_kxk_conv2 = P(torch.randn(c2, c1, 3, 3))
+        self.weight_rbr_gconv_dw = P(torch.randn(8 * c1, 1, 3, 3))
+        self.weight_rbr_gconv_pw = P(torch.randn(c2, 8 * c1, 1, 1))
+        self.vector = P(torch.randn(rows, c2))
+        self.bn = nn.BatchNorm2d(c2)
+        self.register_buffer("weight_rbr_prior", _prior(c2))
+
+    def kernel(self) -> torch.Tensor:
+        v = [self.vector[r].view(-1, 1, 1, 1) for r in range(5)]
+        c2, c1 = self.weight_rbr_origin.shape[:2]
+        avg = self.weight_rbr_avg_conv * self.weight_rbr_avg_avg
+        pfir = self.weight_rbr_pfir_conv * self.weight_rbr_prior[:, None]
+        first = (self.weight_rbr_1x1_kxk_idconv1 + self.id_tensor)[:, :, 0, 0]
+        chain = torch.einsum("ti,othw->oihw", first, self.weight_rbr_1x1_kxk_conv2)
+        dw = self.weight_rbr_gconv_dw.view(c1, 8, 3, 3)
+        dsc = torch.einsum("ithw,oit->oihw", dw, self.weight_rbr_gconv_pw.view(c2, c1, 8))
+        return self.weight_rbr_origin * v[0] + avg * v[1] + pfir * v[2] + chain * v[3] + dsc * v[4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.conv2d(x, self.kernel(), None, self.s, 1))
+
+
+class OfficialRepVGGOREPA(nn.Module):
+    """RepVGGBlock_OREPA (blocks_repvgg.py), no SE: relu(rbr_dense(x) + rbr_1x1(x) + rbr_identity(x))."""
+
+    def __init__(self, c1: int, c2: int, s: int = 1) -> None:
+        super().__init__()
+        self.rbr_identity = nn.BatchNorm2d(c1) if c1 == c2 and s == 1 else None
+        self.rbr_dense = OfficialOREPA3x3RepVGG(c1, c2, s)
+        self.rbr_1x1 = _conv_bn(c1, c2, 1, s, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ident = 0 if self.rbr_identity is None else self.rbr_identity(x)
+        return F.relu(self.rbr_dense(x) + self.rbr_1x1(x) + ident)
+
+
+OREPA_1X1_KEYS = [
+    "weight_or1x1_origin",
+    "weight_or1x1_l2i_conv1",
+    "weight_or1x1_l2i_conv2",
+    "vector",
+    *_bn("bn"),
+]
+RBR_DENSE_KEYS = [
+    "weight_rbr_origin", "weight_rbr_avg_conv", "weight_rbr_pfir_conv", "weight_rbr_1x1_kxk_idconv1",
+    "weight_rbr_1x1_kxk_conv2", "weight_rbr_gconv_dw", "weight_rbr_gconv_pw", "vector",
+    "weight_rbr_avg_avg", "id_tensor", "weight_rbr_prior", *_bn("bn"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("c1", "c2"), [(4, 8), (8, 4), (4, 4)])
+def test_official_orepa_1x1_loads(c1: int, c2: int) -> None:
+    ref = _trained(OfficialOREPA1x1(c1, c2))
+    assert list(ref.state_dict()) == OREPA_1X1_KEYS
+    ours = OREPA_1x1(c1, c2, 1, act=False).double()
+    report = load_weights(ours, ref.state_dict())
+    assert report.ok and [b.layout for b in report.blocks] == ["orepa-official"]
+    assert _same(ref, ours, c1) < 1e-12
+
+
+@pytest.mark.parametrize(("c1", "c2", "s"), [(4, 4, 1), (4, 6, 2), (6, 4, 1)])
+def test_official_repvgg_style_orepa_loads(c1: int, c2: int, s: int) -> None:
+    ref = _trained(OfficialRepVGGOREPA(c1, c2, s))
+    ident = _bn("rbr_identity") if c1 == c2 and s == 1 else []
+    dense = [f"rbr_dense.{k}" for k in RBR_DENSE_KEYS]
+    assert list(ref.state_dict()) == [*ident, *dense, "rbr_1x1.conv.weight", *_bn("rbr_1x1.bn")]
+    ours = OREPARepVGG(c1, c2, 3, s, act=nn.ReLU()).double()
+    report = load_weights(ours, ref.state_dict())
+    assert report.ok and [b.layout for b in report.blocks] == ["orepa-repvgg-official"]
+    assert _same(ref, ours, c1) < 1e-12
+
+
 # --------------------------------------------------------------------------- layouts not mapped: named
-def test_official_orepa_1x1_layout_is_refused_by_name() -> None:
-    """Official OREPA_1x1 tensors (``weight_or1x1_*``) are not mapped: strict names them, nothing loads."""
-    ours = OREPA_1x1(4, 8, 1)
-    before = {k: v.clone() for k, v in ours.state_dict().items()}
-    shapes = {"weight_or1x1_origin": (8, 4, 1, 1), "weight_or1x1_l2i_conv1": (4, 4, 1, 1),
-              "weight_or1x1_l2i_conv2": (8, 4, 1, 1), "vector": (2, 8)}  # fmt: skip
-    state = {k: torch.randn(shape) for k, shape in shapes.items()}
-    with pytest.raises(ValueError, match=r"unmapped source tensors: weight_or1x1_"):
-        load_weights(ours, state)
-    assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())
-
-
 def test_official_repvgg_se_tensors_are_refused_by_name() -> None:
+    """reparam's RepVGGBlock has no SE, so official SE tensors cannot load: strict names them and says why."""
     ours = RepVGGBlock(8, 8, 3, act=nn.ReLU())
     state = dict(ours.state_dict())
     state["se.down.weight"] = torch.randn(2, 8, 1, 1)
-    with pytest.raises(ValueError, match=r"unmapped source tensors: se\.down\.weight"):
+    with pytest.raises(ValueError, match=r"unmapped source tensors: se\.down\.weight.*no SE"):
         load_weights(ours, state)

@@ -9,6 +9,7 @@ code and YOLOv6 (RepVGGBlock, QARepVGGBlock) use reparam's own tensor names, so 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from reparam.blocks.base import ReparamBlock
 from reparam.blocks.dbb import DBB
 from reparam.blocks.dynamic import DynamicConv
-from reparam.blocks.orepa import OREPA
+from reparam.blocks.orepa import OREPA, OREPA_1x1, OREPAKernel, OREPARepVGG
 from reparam.blocks.repvgg import QARepVGGBlock, RepVGGBlock
 from reparam.checks import strict_bools
 from reparam.io import load_checkpoint
@@ -34,6 +35,8 @@ _DEPLOY = {  # official deploy conv name and the layout it is reported as
     QARepVGGBlock: ("rbr_reparam", "repvgg-deploy"),
     DBB: ("dbb_reparam", "dbb-deploy"),
     OREPA: ("orepa_reparam", "orepa-deploy"),
+    OREPA_1x1: ("or1x1_reparam", "orepa-deploy"),
+    OREPARepVGG: ("rbr_reparam", "orepa-deploy"),
 }
 Mapped = dict[str, tuple[str, Tensor]]  # target key (relative) -> (source key (relative), tensor)
 
@@ -199,16 +202,14 @@ def _dbb(block: DBB, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
     return ("dbb-official" if official else "reparam"), mapped, []
 
 
-_OREPA_NAMES = {
-    "weight_orepa_origin": "gen.weight_origin",
-    "weight_orepa_avg_conv": "gen.weight_avg",
-    "weight_orepa_pfir_conv": "gen.weight_prior",
-    "weight_orepa_1x1": "gen.weight_1x1",
-    "weight_orepa_1x1_kxk_idconv1": "gen.weight_1x1_kxk_idconv1",
-    "weight_orepa_1x1_kxk_conv2": "gen.weight_1x1_kxk_conv2",
-    "weight_orepa_gconv_dw": "gen.weight_dw",
-    "vector": "gen.vector",
-    "id_tensor": "gen.id_tensor",
+_OREPA_GEN = {  # official generator tensor (after the prefix) -> OREPAKernel attribute
+    "origin": "weight_origin",
+    "avg_conv": "weight_avg",
+    "pfir_conv": "weight_prior",
+    "1x1": "weight_1x1",
+    "1x1_kxk_idconv1": "weight_1x1_kxk_idconv1",
+    "1x1_kxk_conv2": "weight_1x1_kxk_conv2",
+    "gconv_dw": "weight_dw",
 }
 
 
@@ -221,48 +222,81 @@ def _orepa_pw(pw: Tensor, g: int) -> Tensor:
     return pw[(rows % og) * g + rows // og]
 
 
-def _orepa(block: OREPA, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
-    """OREPA (JUGGHM/OREPA_CVPR2022): names, the grouped pointwise row order, and the saved fixed filters
-    (mean filter and frequency prior) written into ``gen.fixed_filters``."""
-    gen = block.gen
+def _orepa_gen(gen: OREPAKernel, sub: dict[str, Tensor], tag: str) -> tuple[Mapped, list[str]]:
+    """One official OREPA generator (``weight_<tag>_*``, ``vector``, ``id_tensor``, the saved mean filter
+    and frequency prior) into an :class:`OREPAKernel`; keys relative to both. The prior is written into
+    ``fixed_filters`` as saved (the reference's is not wrapped, so loading must keep it to stay exact)."""
+    c2, g, k = gen.c2, gen.g, gen.k
     mapped: Mapped = {}
     rest: list[str] = []
+    prefix, prior, mean = f"weight_{tag}_", f"weight_{tag}_prior", f"weight_{tag}_avg_avg"
     for key, t in sub.items():
-        if key == "id_tensor":  # official (T, I/g, 1, 1), reparam (T, I/g)
+        name = key[len(prefix) :] if key.startswith(prefix) else None
+        if (
+            name in _OREPA_GEN
+            and hasattr(gen, _OREPA_GEN[name])
+            and getattr(gen, _OREPA_GEN[name]) is not None
+        ):
+            mapped[_OREPA_GEN[name]] = (key, t)
+        elif key == "vector":
+            rows = gen.vector.shape[0]
+            if tag == "rbr" and t.shape[0] == rows + 1:  # the RepVGG-style reference's unused last row
+                t = t[:rows]
+            mapped["vector"] = (key, t)
+        elif key == "id_tensor":  # official (T, I/g, 1, 1), reparam (T, I/g)
             ident = gen.id_tensor
-            mapped["gen.id_tensor"] = (
-                key,
-                _layout(key, t, (*ident.shape, 1, 1), "gen.id_tensor", ident.shape),
-            )
-        elif key in _OREPA_NAMES:
-            mapped[_OREPA_NAMES[key]] = (key, t)
-        elif key == "weight_orepa_gconv_pw":
-            mapped["gen.weight_pw"] = (key, _orepa_pw(t, block.g) if t.shape == gen.weight_pw.shape else t)
-        elif key == "weight_orepa_1x1_kxk_conv1":  # older form without the identity buffer
+            mapped["id_tensor"] = (key, _layout(key, t, (*ident.shape, 1, 1), "id_tensor", ident.shape))
+        elif name == "gconv_pw":
+            mapped["weight_pw"] = (key, _orepa_pw(t, g) if t.shape == gen.weight_pw.shape else t)
+        elif name == "1x1_kxk_conv1":  # the plain first 1x1 (no identity buffer)
             own1 = gen.weight_1x1_kxk_idconv1
             if t.shape != own1.shape:
-                raise _shape_error(key, tuple(t.shape), "gen.weight_1x1_kxk_idconv1", tuple(own1.shape))
-            mapped["gen.weight_1x1_kxk_idconv1"] = (key, t - gen.id_tensor.to(t).view(own1.shape))
-            mapped["gen.id_tensor"] = (_CONSTANT, gen.id_tensor)
-        elif key.startswith("bn."):
-            mapped[key] = (key, t)
-        elif key not in ("weight_orepa_avg_avg", "weight_orepa_prior"):
+                raise _shape_error(key, tuple(t.shape), "weight_1x1_kxk_idconv1", tuple(own1.shape))
+            mapped["weight_1x1_kxk_idconv1"] = (key, t - gen.id_tensor.to(t).view(own1.shape))
+            mapped["id_tensor"] = (_CONSTANT, gen.id_tensor)
+        elif key not in (prior, mean):
             rest.append(key)
-    if "weight_orepa_prior" in sub:
+    if prior in sub:
         filters = gen.fixed_filters.detach().clone()
-        c2, k = block.c2, block.k
         view = filters.view(filters.shape[0], c2, k, k)
-        view[1] = _layout(
-            "weight_orepa_prior", sub["weight_orepa_prior"], (c2, k, k), "gen.fixed_filters", (c2, k, k)
-        )
-        if "weight_orepa_avg_avg" in sub:
-            view[0] = _layout(
-                "weight_orepa_avg_avg", sub["weight_orepa_avg_avg"], (k, k), "gen.fixed_filters", (k, k)
-            )
-        mapped["gen.fixed_filters"] = ("weight_orepa_prior", filters)
-    elif "weight_orepa_avg_avg" in sub:
-        rest.append("weight_orepa_avg_avg")
-    return "orepa-official", mapped, rest
+        view[1] = _layout(prior, sub[prior], (c2, k, k), "fixed_filters", (c2, k, k))
+        if mean in sub:
+            view[0] = _layout(mean, sub[mean], (k, k), "fixed_filters", (k, k))
+        mapped["fixed_filters"] = (prior, filters)
+    elif mean in sub:
+        rest.append(mean)
+    return mapped, rest
+
+
+def _under(mapped: Mapped, target: str, source: str) -> Mapped:
+    return {_join(target, k): (_join(source, s) if s != _CONSTANT else s, t) for k, (s, t) in mapped.items()}
+
+
+def _orepa(block: OREPA, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
+    """OREPA (JUGGHM/OREPA_CVPR2022 ``OREPA``): the generator tensors into ``gen``, its BN as ``bn``."""
+    bn = {k: t for k, t in sub.items() if k.startswith("bn.")}
+    mapped, rest = _orepa_gen(block.gen, {k: t for k, t in sub.items() if k not in bn}, "orepa")
+    return "orepa-official", _under(mapped, "gen", "") | {k: (k, t) for k, t in bn.items()}, rest
+
+
+def _orepa_repvgg(block: OREPARepVGG, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
+    """``RepVGGBlock_OREPA`` (blocks_repvgg.py): ``rbr_dense`` (an ``OREPA_3x3_RepVGG``: ``weight_rbr_*``
+    and its BN) into ``gen`` and ``bn``; ``rbr_1x1`` and ``rbr_identity`` by name."""
+    dense = {k[len("rbr_dense.") :]: t for k, t in sub.items() if k.startswith("rbr_dense.")}
+    bn = {k: t for k, t in dense.items() if k.startswith("bn.")}
+    mapped, rest = _orepa_gen(block.gen, {k: t for k, t in dense.items() if k not in bn}, "rbr")
+    mapped = _under(mapped, "gen", "rbr_dense") | {k: ("rbr_dense." + k, t) for k, t in bn.items()}
+    mapped |= {k: (k, t) for k, t in sub.items() if not k.startswith("rbr_dense.")}
+    return "orepa-repvgg-official", mapped, ["rbr_dense." + k for k in rest]
+
+
+def _orepa_1x1(block: OREPA_1x1, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
+    """Official ``OREPA_1x1``: ``weight_or1x1_<x>`` -> ``weight_<x>`` (the same product of 1x1 factors)."""
+    mapped = {
+        ("weight_" + k[len("weight_or1x1_") :] if k.startswith("weight_or1x1_") else k): (k, t)
+        for k, t in sub.items()
+    }
+    return "orepa-official", mapped, []
 
 
 _CONDCONV = {
@@ -300,6 +334,18 @@ def _translate(block: nn.Module, sub: dict[str, Tensor]) -> tuple[str, Mapped, l
             return deploy
     if isinstance(block, OREPA) and not block.deployed and any(k.startswith("weight_orepa_") for k in sub):
         return _orepa(block, sub)
+    if (
+        isinstance(block, OREPARepVGG)
+        and not block.deployed
+        and any(k.startswith("rbr_dense.weight_rbr_") for k in sub)
+    ):
+        return _orepa_repvgg(block, sub)
+    if (
+        isinstance(block, OREPA_1x1)
+        and not block.deployed
+        and any(k.startswith("weight_or1x1_") for k in sub)
+    ):
+        return _orepa_1x1(block, sub)
     if isinstance(block, DBB) and not block.deployed:
         return _dbb(block, sub)
     if isinstance(block, DynamicConv) and any(k in sub for k in ("routing.weight", "cond_conv.weight")):
@@ -309,7 +355,7 @@ def _translate(block: nn.Module, sub: dict[str, Tensor]) -> tuple[str, Mapped, l
 
 
 # ------------------------------------------------------------------------------------------------ loading
-_LAYOUT_BLOCKS = (RepVGGBlock, QARepVGGBlock, DBB, OREPA, DynamicConv)
+_LAYOUT_BLOCKS = (RepVGGBlock, QARepVGGBlock, DBB, OREPA, OREPA_1x1, OREPARepVGG, DynamicConv)
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -367,6 +413,18 @@ def _check_shapes(mapped: Mapped, own: dict[str, Tensor]) -> None:
         )
 
 
+_UNMAPPED_HINTS = [
+    (
+        re.compile(r"_reparam\."),
+        "deploy-form tensors (*_reparam.*) load into deployed blocks: convert the model first",
+    ),
+    (
+        re.compile(r"(^|\.)se\.(down|up)\."),
+        "RepVGG's SE tensors (se.down/se.up) have no place: reparam's RepVGGBlock has no SE",
+    ),
+]
+
+
 @strict_bools
 @torch.no_grad()
 def load_weights(
@@ -392,10 +450,7 @@ def load_weights(
     if strict and (unexpected or missing):
         parts = [f"unmapped source tensors: {_listing(unexpected)}"] if unexpected else []
         parts += [f"model tensors not provided: {_listing(missing)}"] if missing else []
-        if any("_reparam." in k for k in unexpected):
-            parts.append(
-                "deploy-form tensors (*_reparam.*) load into deployed blocks: convert the model first"
-            )
+        parts += [hint for pattern, hint in _UNMAPPED_HINTS if any(pattern.search(k) for k in unexpected)]
         raise ValueError("load_weights(strict=True): " + "; ".join(parts))
     _check_shapes(mapped, own)
     for key, (_, t) in mapped.items():
