@@ -17,7 +17,7 @@ from torch import nn
 
 from reparam.blocks.dbb import DBB
 from reparam.blocks.dynamic import DynamicConv
-from reparam.blocks.orepa import OREPA, OREPA_1x1, OREPARepVGG
+from reparam.blocks.orepa import OREPA, OREPA_1x1, OREPA_LargeConv, OREPARepVGG
 from reparam.blocks.repvgg import RepVGGBlock
 from reparam.convert import randomize_bn_
 from reparam.verification import relative_error
@@ -287,6 +287,67 @@ class OfficialRepVGGOREPA(nn.Module):
         return F.relu(self.rbr_dense(x) + self.rbr_1x1(x) + ident)
 
 
+class OfficialOREPAWeights(nn.Module):
+    """OREPA (blocks.py) with ``weight_only=True``, groups 1: its six generated branches, no BN."""
+
+    def __init__(self, c1: int, c2: int) -> None:
+        super().__init__()
+        P = nn.Parameter
+        self.weight_orepa_origin = P(torch.randn(c2, c1, 3, 3))
+        self.weight_orepa_avg_conv = P(torch.randn(c2, c1, 1, 1))
+        self.weight_orepa_pfir_conv = P(torch.randn(c2, c1, 1, 1))
+        self.register_buffer("weight_orepa_avg_avg", torch.ones(3, 3) / 9)
+        self.weight_orepa_1x1 = P(torch.randn(c2, c1, 1, 1))
+        self.weight_orepa_1x1_kxk_idconv1 = P(torch.randn(c1, c1, 1, 1))
+        self.register_buffer("id_tensor", torch.eye(c1).view(c1, c1, 1, 1))
+        self.weight_orepa_1x1_kxk_conv2 = P(torch.randn(c2, c1, 3, 3))
+        self.weight_orepa_gconv_dw = P(torch.randn(8 * c1, 1, 3, 3))
+        self.weight_orepa_gconv_pw = P(torch.randn(c2, 8 * c1, 1, 1))
+        self.vector = P(torch.randn(6, c2))
+        self.register_buffer("weight_orepa_prior", _prior(c2))
+
+    def kernel(self) -> torch.Tensor:
+        v = [self.vector[r].view(-1, 1, 1, 1) for r in range(6)]
+        c2, c1 = self.weight_orepa_origin.shape[:2]
+        avg = self.weight_orepa_avg_conv * self.weight_orepa_avg_avg
+        pfir = self.weight_orepa_pfir_conv * self.weight_orepa_prior[:, None]
+        first = (self.weight_orepa_1x1_kxk_idconv1 + self.id_tensor)[:, :, 0, 0]
+        chain = torch.einsum("ti,othw->oihw", first, self.weight_orepa_1x1_kxk_conv2)
+        one = F.pad(self.weight_orepa_1x1, [1, 1, 1, 1])
+        dw = self.weight_orepa_gconv_dw.view(c1, 8, 3, 3)
+        dsc = torch.einsum("ithw,oit->oihw", dw, self.weight_orepa_gconv_pw.view(c2, c1, 8))
+        return (
+            self.weight_orepa_origin * v[0]
+            + avg * v[1]
+            + pfir * v[2]
+            + chain * v[3]
+            + one * v[4]
+            + dsc * v[5]
+        )
+
+
+class OfficialOREPALargeConv(nn.Module):
+    """OREPA_LargeConv (blocks.py): stages ``weight<i>`` composed as ``conv2d(W.T, W_next, padding=2)``."""
+
+    def __init__(self, c1: int, c2: int, k: int, s: int = 1) -> None:
+        super().__init__()
+        self.k, self.s, self.layers = k, s, (k - 1) // 2
+        for i in range(self.layers):
+            setattr(self, f"weight{i}", OfficialOREPAWeights(c1 if i == 0 else c2, c2))
+        self.bn = nn.BatchNorm2d(c2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight0.kernel().transpose(0, 1)
+        for i in range(1, self.layers):
+            w = F.conv2d(w, getattr(self, f"weight{i}").kernel(), padding=2)
+        return self.bn(F.conv2d(x, w.transpose(0, 1), None, self.s, self.k // 2))
+
+
+OREPA_WEIGHT_KEYS = [
+    "weight_orepa_origin", "weight_orepa_avg_conv", "weight_orepa_pfir_conv", "weight_orepa_1x1",
+    "weight_orepa_1x1_kxk_idconv1", "weight_orepa_1x1_kxk_conv2", "weight_orepa_gconv_dw",
+    "weight_orepa_gconv_pw", "vector", "weight_orepa_avg_avg", "id_tensor", "weight_orepa_prior",
+]  # fmt: skip
 OREPA_1X1_KEYS = [
     "weight_or1x1_origin",
     "weight_or1x1_l2i_conv1",
@@ -321,6 +382,17 @@ def test_official_repvgg_style_orepa_loads(c1: int, c2: int, s: int) -> None:
     report = load_weights(ours, ref.state_dict())
     assert report.ok and [b.layout for b in report.blocks] == ["orepa-repvgg-official"]
     assert _same(ref, ours, c1) < 1e-12
+
+
+@pytest.mark.parametrize(("c1", "c2", "k", "s"), [(4, 6, 5, 1), (3, 4, 7, 2)])
+def test_official_orepa_large_conv_loads(c1: int, c2: int, k: int, s: int) -> None:
+    ref = _trained(OfficialOREPALargeConv(c1, c2, k, s))
+    stages = [f"weight{i}.{key}" for i in range((k - 1) // 2) for key in OREPA_WEIGHT_KEYS]
+    assert list(ref.state_dict()) == [*stages, *_bn("bn")]
+    ours = OREPA_LargeConv(c1, c2, k, s, act=False).double()
+    report = load_weights(ours, ref.state_dict())
+    assert report.ok and [b.layout for b in report.blocks] == ["orepa-official"]
+    assert _same(ref, ours, c1) < 1e-10
 
 
 # --------------------------------------------------------------------------- layouts not mapped: named

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from reparam.blocks.base import ReparamBlock
 from reparam.blocks.dbb import DBB
 from reparam.blocks.dynamic import DynamicConv
-from reparam.blocks.orepa import OREPA, OREPA_1x1, OREPAKernel, OREPARepVGG
+from reparam.blocks.orepa import OREPA, OREPA_1x1, OREPA_LargeConv, OREPAKernel, OREPARepVGG
 from reparam.blocks.repvgg import QARepVGGBlock, RepVGGBlock
 from reparam.checks import strict_bools
 from reparam.io import load_checkpoint
@@ -37,6 +37,7 @@ _DEPLOY = {  # official deploy conv name and the layout it is reported as
     OREPA: ("orepa_reparam", "orepa-deploy"),
     OREPA_1x1: ("or1x1_reparam", "orepa-deploy"),
     OREPARepVGG: ("rbr_reparam", "orepa-deploy"),
+    OREPA_LargeConv: ("or_large_reparam", "orepa-deploy"),
 }
 Mapped = dict[str, tuple[str, Tensor]]  # target key (relative) -> (source key (relative), tensor)
 
@@ -279,6 +280,35 @@ def _orepa(block: OREPA, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]
     return "orepa-official", _under(mapped, "gen", "") | {k: (k, t) for k, t in bn.items()}, rest
 
 
+_FLIPPED = ("weight_origin", "weight_1x1_kxk_conv2", "weight_dw")  # a stage's spatial tensors
+
+
+def _flip(key: str, t: Tensor, gen: OREPAKernel) -> Tensor:
+    """``t`` mirrored in both spatial axes (fixed filters kept in their ``(rows, c2, k*k, 1)`` layout)."""
+    if key == "fixed_filters":
+        return t.view(t.shape[0], gen.c2, gen.k, gen.k).flip(-2, -1).reshape(t.shape)
+    return t.flip(-2, -1) if key in _FLIPPED else t
+
+
+def _orepa_large(block: OREPA_LargeConv, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
+    """Official ``OREPA_LargeConv``: stage ``weight<i>`` (a weight-only OREPA) into ``stages.<i>``, ``bn`` by
+    name. The reference composes stages by cross-correlating the running kernel with the next stage's
+    (``conv2d(W.T, W_next, padding=2)``), the stacked-conv kernel of the next stage mirrored; reparam
+    composes exact stacked convs, so every stage after the first is loaded mirrored (the same function)."""
+    mapped: Mapped = {k: (k, t) for k, t in sub.items() if k.startswith("bn.")}
+    known = tuple(f"weight{i}." for i in range(len(block.stages)))
+    rest = [k for k in sub if not k.startswith(("bn.", *known))]
+    for i, stage in enumerate(block.stages):
+        prefix = known[i]
+        got, left = _orepa_gen(
+            stage, {k[len(prefix) :]: t for k, t in sub.items() if k.startswith(prefix)}, "orepa"
+        )
+        got = {k: (s, _flip(k, t, stage) if i else t) for k, (s, t) in got.items()}
+        mapped |= _under(got, f"stages.{i}", f"weight{i}")
+        rest += [prefix + k for k in left]
+    return "orepa-official", mapped, rest
+
+
 def _orepa_repvgg(block: OREPARepVGG, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
     """``RepVGGBlock_OREPA`` (blocks_repvgg.py): ``rbr_dense`` (an ``OREPA_3x3_RepVGG``: ``weight_rbr_*``
     and its BN) into ``gen`` and ``bn``; ``rbr_1x1`` and ``rbr_identity`` by name."""
@@ -326,26 +356,24 @@ def _dynamic(block: DynamicConv, sub: dict[str, Tensor]) -> tuple[str, Mapped, l
     return "timm-condconv", mapped, rest
 
 
+_OFFICIAL: list[tuple[type, str, Callable[[Any, dict[str, Tensor]], tuple[str, Mapped, list[str]]]]] = [
+    (OREPA, "weight_orepa_", _orepa),  # (block class, marker of the official layout, translation)
+    (OREPARepVGG, "rbr_dense.weight_rbr_", _orepa_repvgg),
+    (OREPA_1x1, "weight_or1x1_", _orepa_1x1),
+    (OREPA_LargeConv, "weight0.", _orepa_large),
+]
+
+
 def _translate(block: nn.Module, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
     """(layout, mapped tensors, unmappable source keys) for one block's source tensors (relative keys)."""
     if isinstance(block, ReparamBlock) and block.deployed:
         deploy = _deploy(block, sub)
         if deploy is not None:
             return deploy
-    if isinstance(block, OREPA) and not block.deployed and any(k.startswith("weight_orepa_") for k in sub):
-        return _orepa(block, sub)
-    if (
-        isinstance(block, OREPARepVGG)
-        and not block.deployed
-        and any(k.startswith("rbr_dense.weight_rbr_") for k in sub)
-    ):
-        return _orepa_repvgg(block, sub)
-    if (
-        isinstance(block, OREPA_1x1)
-        and not block.deployed
-        and any(k.startswith("weight_or1x1_") for k in sub)
-    ):
-        return _orepa_1x1(block, sub)
+    if isinstance(block, ReparamBlock) and not block.deployed:
+        for cls, marker, translate in _OFFICIAL:
+            if isinstance(block, cls) and any(k.startswith(marker) for k in sub):
+                return translate(block, sub)
     if isinstance(block, DBB) and not block.deployed:
         return _dbb(block, sub)
     if isinstance(block, DynamicConv) and any(k in sub for k in ("routing.weight", "cond_conv.weight")):
@@ -355,7 +383,16 @@ def _translate(block: nn.Module, sub: dict[str, Tensor]) -> tuple[str, Mapped, l
 
 
 # ------------------------------------------------------------------------------------------------ loading
-_LAYOUT_BLOCKS = (RepVGGBlock, QARepVGGBlock, DBB, OREPA, OREPA_1x1, OREPARepVGG, DynamicConv)
+_LAYOUT_BLOCKS = (
+    RepVGGBlock,
+    QARepVGGBlock,
+    DBB,
+    OREPA,
+    OREPA_1x1,
+    OREPA_LargeConv,
+    OREPARepVGG,
+    DynamicConv,
+)
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
