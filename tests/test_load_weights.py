@@ -99,9 +99,10 @@ class RefIdentityConv(nn.Conv2d):
 
 
 class RefDBB(nn.Module):
-    """Diverse Branch Block (DingXiaoH/DiverseBranchBlock), no nonlinearity."""
+    """Diverse Branch Block (DingXiaoH/DiverseBranchBlock), no nonlinearity; ``width`` is its
+    ``internal_channels_1x1_3x3``."""
 
-    def __init__(self, c1, c2, k=3, s=1, g=1):
+    def __init__(self, c1, c2, k=3, s=1, g=1, width=None):
         super().__init__()
         p = k // 2
         self.dbb_origin = conv_bn(c1, c2, k, s, p, g)
@@ -114,7 +115,7 @@ class RefDBB(nn.Module):
         else:
             self.dbb_avg.add_module("avg", nn.AvgPool2d(k, s, p))
         self.dbb_avg.add_module("avgbn", nn.BatchNorm2d(c2))
-        t = c1 if g < c2 else 2 * c1
+        t = width if width is not None else c1 if g < c2 else 2 * c1
         self.dbb_1x1_kxk = nn.Sequential()
         if t == c1:
             self.dbb_1x1_kxk.add_module("idconv1", RefIdentityConv(c1, g))
@@ -127,6 +128,18 @@ class RefDBB(nn.Module):
     def forward(self, x):
         out = self.dbb_origin(x) + self.dbb_avg(x) + self.dbb_1x1_kxk(x)
         return out + self.dbb_1x1(x) if hasattr(self, "dbb_1x1") else out
+
+
+def official_prior(c2):
+    """OREPA's frequency prior as the reference's fre_init() builds it (k = 3, frequency not wrapped)."""
+    prior = torch.zeros(c2, 3, 3)
+    half = c2 / 2
+    for i in range(c2):
+        for h in range(3):
+            for w in range(3):
+                f, pos = (i + 1, h) if i < half else (i + 1 - half, w)
+                prior[i, h, w] = math.cos(math.pi * (pos + 0.5) * f / 3)
+    return prior
 
 
 class RefOREPA(nn.Module):
@@ -146,13 +159,7 @@ class RefOREPA(nn.Module):
         self.weight_orepa_avg_conv = P(torch.randn(c2, ig, 1, 1))
         self.weight_orepa_pfir_conv = P(torch.randn(c2, ig, 1, 1))
         self.register_buffer("weight_orepa_avg_avg", torch.ones(k, k) / k**2)
-        prior = torch.zeros(c2, k, k)  # registered last, as the official fre_init() does
-        half = c2 / 2
-        for i in range(c2):
-            for h in range(3):
-                for w in range(3):
-                    f, pos = (i + 1, h) if i < half else (i + 1 - half, w)
-                    prior[i, h, w] = math.cos(math.pi * (pos + 0.5) * f / 3)
+        prior = official_prior(c2)  # registered last, as the official fre_init() does
         self.weight_orepa_1x1 = P(torch.randn(c2, ig, 1, 1))
         self.weight_orepa_1x1_kxk_idconv1 = P(torch.randn(t, ig, 1, 1) * 0.3)
         ident = torch.zeros(t, ig, 1, 1)

@@ -1,14 +1,13 @@
 """Official layouts really load (issue 19 §4) and only exact shapes load (issue 18 §2).
 
-The DBB reference below is re-created from the published DingXiaoH/DiverseBranchBlock definition with
-exactly its state-dict keys: ``IdentityBasedConv1x1`` keeps ``id_tensor`` as a plain attribute, so the
-official state dict never holds it; with internal width != c1 the first 1x1 is a plain ``conv1``. The key
-lists are written out from the official source and asserted, so the re-creation cannot drift from it.
+The references are re-created from the published definitions (DingXiaoH/DiverseBranchBlock, JUGGHM/
+OREPA_CVPR2022) with exactly their state-dict keys: DBB's ``IdentityBasedConv1x1`` keeps ``id_tensor`` as a
+plain attribute, so the official state dict never holds it; with internal width != c1 the first 1x1 is a
+plain ``conv1``. The key lists are written out from the official source and asserted, so the
+re-creations cannot drift from it.
 """
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -22,6 +21,11 @@ from reparam.blocks.repvgg import RepVGGBlock
 from reparam.convert import randomize_bn_
 from reparam.verification import relative_error
 from reparam.weights import load_weights
+from test_load_weights import (  # the official DBB, re-created with its exact keys
+    RefDBB,
+    conv_bn,
+    official_prior,
+)
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -47,79 +51,6 @@ DBB_DW_KEYS = [
 ]  # fmt: skip
 
 
-# --------------------------------------------------------------------------- official DBB, re-created
-def _conv_bn(c1: int, c2: int, k: int, s: int, p: int, g: int) -> nn.Sequential:
-    seq = nn.Sequential()
-    seq.add_module("conv", nn.Conv2d(c1, c2, k, s, p, groups=g, bias=False))
-    seq.add_module("bn", nn.BatchNorm2d(c2))
-    return seq
-
-
-class OfficialIdentityConv1x1(nn.Conv2d):
-    """kernel = weight + id_tensor, where id_tensor is a plain tensor attribute (not a buffer)."""
-
-    def __init__(self, c: int, g: int) -> None:
-        super().__init__(c, c, 1, groups=g, bias=False)
-        ig = c // g
-        ident = torch.zeros(c, ig, 1, 1)
-        ident[torch.arange(c), torch.arange(c) % ig] = 1
-        self.id_tensor = ident
-        nn.init.zeros_(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight + self.id_tensor.to(self.weight), None, 1, 0, 1, self.groups)
-
-
-class OfficialBNAndPad(nn.Module):
-    """A wrapped ``bn``; the output border is filled with the BN's value for a zero input."""
-
-    def __init__(self, pad: int, c: int) -> None:
-        super().__init__()
-        self.bn = nn.BatchNorm2d(c)
-        self.pad = pad
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn(x)
-        if self.pad == 0:
-            return y
-        bn = self.bn
-        fill = bn.bias.detach() - bn.running_mean * bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-        border = torch.ones_like(F.pad(y, [self.pad] * 4)) * fill.view(1, -1, 1, 1)
-        p = self.pad
-        border[:, :, p:-p, p:-p] = y
-        return border
-
-
-class OfficialDBB(nn.Module):
-    """DiverseBranchBlock(c1, c2, k, s, p, groups, internal_channels_1x1_3x3), no nonlinearity."""
-
-    def __init__(self, c1: int, c2: int, k: int, s: int, p: int, g: int = 1, width: int | None = None):
-        super().__init__()
-        self.dbb_origin = _conv_bn(c1, c2, k, s, p, g)
-        self.dbb_avg = nn.Sequential()
-        if g < c2:
-            self.dbb_avg.add_module("conv", nn.Conv2d(c1, c2, 1, groups=g, bias=False))
-            self.dbb_avg.add_module("bn", OfficialBNAndPad(p, c2))
-            self.dbb_avg.add_module("avg", nn.AvgPool2d(k, s, 0))
-            self.dbb_1x1 = _conv_bn(c1, c2, 1, s, 0, g)
-        else:
-            self.dbb_avg.add_module("avg", nn.AvgPool2d(k, s, p))
-        self.dbb_avg.add_module("avgbn", nn.BatchNorm2d(c2))
-        t = width if width is not None else (c1 if g < c2 else 2 * c1)
-        self.dbb_1x1_kxk = nn.Sequential()
-        if t == c1:
-            self.dbb_1x1_kxk.add_module("idconv1", OfficialIdentityConv1x1(c1, g))
-        else:
-            self.dbb_1x1_kxk.add_module("conv1", nn.Conv2d(c1, t, 1, groups=g, bias=False))
-        self.dbb_1x1_kxk.add_module("bn1", OfficialBNAndPad(p, t))
-        self.dbb_1x1_kxk.add_module("conv2", nn.Conv2d(t, c2, k, s, 0, groups=g, bias=False))
-        self.dbb_1x1_kxk.add_module("bn2", nn.BatchNorm2d(c2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.dbb_origin(x) + self.dbb_avg(x) + self.dbb_1x1_kxk(x)
-        return out + self.dbb_1x1(x) if hasattr(self, "dbb_1x1") else out
-
-
 def _trained(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random weights and BN statistics everywhere (as a trained file would hold), eval mode, fp64."""
     model = model.double()
@@ -139,7 +70,7 @@ def _same(ref: nn.Module, ours: nn.Module, c1: int) -> float:
 
 # --------------------------------------------------------------------------- DBB: both 1x1 -> kxk forms
 def test_official_dbb_idconv1_form_loads_strictly() -> None:
-    ref = _trained(OfficialDBB(16, 24, 3, 1, 1))
+    ref = _trained(RefDBB(16, 24, 3, 1))
     state = ref.state_dict()
     assert list(state) == DBB_16_24_KEYS
     ours = DBB(16, 24, 3, 1, 1, act=False).double()
@@ -149,7 +80,7 @@ def test_official_dbb_idconv1_form_loads_strictly() -> None:
 
 
 def test_official_dbb_depthwise_conv1_form_loads_strictly() -> None:
-    ref = _trained(OfficialDBB(8, 8, 3, 1, 1, g=8))
+    ref = _trained(RefDBB(8, 8, 3, 1, 8))
     state = ref.state_dict()
     assert list(state) == DBB_DW_KEYS
     assert tuple(state["dbb_1x1_kxk.conv1.weight"].shape) == (16, 1, 1, 1)
@@ -161,7 +92,7 @@ def test_official_dbb_depthwise_conv1_form_loads_strictly() -> None:
 
 def test_official_dbb_other_internal_width_is_a_named_shape_error() -> None:
     """internal_channels_1x1_3x3=8 with c1=4: reparam's DBB has width c1, so the tensor cannot load."""
-    state = _trained(OfficialDBB(4, 8, 3, 1, 1, width=8)).state_dict()
+    state = _trained(RefDBB(4, 8, 3, 1, width=8)).state_dict()
     with pytest.raises(
         ValueError, match=r"dbb_1x1_kxk\.conv1\.weight has shape \(8, 4, 1, 1\).*\(4, 4, 1, 1\)"
     ):
@@ -224,50 +155,43 @@ class OfficialOREPA1x1(nn.Module):
         return self.bn(F.conv2d(x, w))
 
 
-def _prior(c2: int) -> torch.Tensor:
-    """The reference's frequency prior (k = 3, frequency not wrapped)."""
-    prior = torch.zeros(c2, 3, 3)
-    half = c2 / 2
-    for i in range(c2):
-        for h in range(3):
-            for w in range(3):
-                f, pos = (i + 1, h) if i < half else (i + 1 - half, w)
-                prior[i, h, w] = math.cos(math.pi * (pos + 0.5) * f / 3)
-    return prior
+class OfficialOREPAGenerator(nn.Module):
+    """An official OREPA kernel generator, groups 1: ``OREPA`` (``tag='orepa'``, with its centred 1x1
+    branch, six rows, weight-only as inside OREPA_LargeConv) or ``OREPA_3x3_RepVGG`` (``tag='rbr'``, no 1x1,
+    five rows read, a sixth unused row when c1 == c2 and s == 1, and its own ``bn``)."""
 
-
-class OfficialOREPA3x3RepVGG(nn.Module):
-    """OREPA_3x3_RepVGG (blocks_repvgg.py), groups 1: five generated branches, one conv, one BN. Its vector
-    has a sixth row when c1 == c2 and s == 1, which weight_gen never reads."""
-
-    def __init__(self, c1: int, c2: int, s: int) -> None:
+    def __init__(self, c1: int, c2: int, tag: str, rows: int, s: int | None = None) -> None:
         super().__init__()
-        self.s = s
-        rows = 6 if c1 == c2 and s == 1 else 5
-        P = nn.Parameter
-        self.weight_rbr_origin = P(torch.randn(c2, c1, 3, 3))
-        self.weight_rbr_avg_conv = P(torch.randn(c2, c1, 1, 1))
-        self.weight_rbr_pfir_conv = P(torch.randn(c2, c1, 1, 1))
-        self.register_buffer("weight_rbr_avg_avg", torch.ones(3, 3) / 9)
-        self.weight_rbr_1x1_kxk_idconv1 = P(torch.randn(c1, c1, 1, 1))
+        self.tag, self.s = tag, s
+        shapes = {"origin": (c2, c1, 3, 3), "avg_conv": (c2, c1, 1, 1), "pfir_conv": (c2, c1, 1, 1)}
+        shapes |= {"1x1": (c2, c1, 1, 1)} if tag == "orepa" else {}
+        shapes |= {"1x1_kxk_idconv1": (c1, c1, 1, 1), "1x1_kxk_conv2": (c2, c1, 3, 3)}
+        shapes |= {"gconv_dw": (8 * c1, 1, 3, 3), "gconv_pw": (c2, 8 * c1, 1, 1)}
+        for name, shape in shapes.items():
+            setattr(self, f"weight_{tag}_{name}", nn.Parameter(torch.randn(shape)))
+        self.vector = nn.Parameter(torch.randn(rows, c2))
+        self.register_buffer(f"weight_{tag}_avg_avg", torch.ones(3, 3) / 9)
         self.register_buffer("id_tensor", torch.eye(c1).view(c1, c1, 1, 1))
-        self.weight_rbr_1x1_kxk_conv2 = P(torch.randn(c2, c1, 3, 3))
-        self.weight_rbr_gconv_dw = P(torch.randn(8 * c1, 1, 3, 3))
-        self.weight_rbr_gconv_pw = P(torch.randn(c2, 8 * c1, 1, 1))
-        self.vector = P(torch.randn(rows, c2))
-        self.bn = nn.BatchNorm2d(c2)
-        self.register_buffer("weight_rbr_prior", _prior(c2))
+        self.register_buffer(f"weight_{tag}_prior", official_prior(c2))
+        if s is not None:
+            self.bn = nn.BatchNorm2d(c2)
 
     def kernel(self) -> torch.Tensor:
-        v = [self.vector[r].view(-1, 1, 1, 1) for r in range(5)]
-        c2, c1 = self.weight_rbr_origin.shape[:2]
-        avg = self.weight_rbr_avg_conv * self.weight_rbr_avg_avg
-        pfir = self.weight_rbr_pfir_conv * self.weight_rbr_prior[:, None]
-        first = (self.weight_rbr_1x1_kxk_idconv1 + self.id_tensor)[:, :, 0, 0]
-        chain = torch.einsum("ti,othw->oihw", first, self.weight_rbr_1x1_kxk_conv2)
-        dw = self.weight_rbr_gconv_dw.view(c1, 8, 3, 3)
-        dsc = torch.einsum("ithw,oit->oihw", dw, self.weight_rbr_gconv_pw.view(c2, c1, 8))
-        return self.weight_rbr_origin * v[0] + avg * v[1] + pfir * v[2] + chain * v[3] + dsc * v[4]
+        def w(name: str) -> torch.Tensor:
+            return getattr(self, f"weight_{self.tag}_{name}")
+
+        c2, c1 = w("origin").shape[:2]
+        first = (w("1x1_kxk_idconv1") + self.id_tensor)[:, :, 0, 0]
+        dw = w("gconv_dw").view(c1, 8, 3, 3)
+        branches = [
+            w("origin"),
+            w("avg_conv") * w("avg_avg"),
+            w("pfir_conv") * w("prior")[:, None],
+            torch.einsum("ti,othw->oihw", first, w("1x1_kxk_conv2")),
+            *([F.pad(w("1x1"), [1, 1, 1, 1])] if self.tag == "orepa" else []),
+            torch.einsum("ithw,oit->oihw", dw, w("gconv_pw").view(c2, c1, 8)),
+        ]
+        return sum(b * self.vector[r].view(-1, 1, 1, 1) for r, b in enumerate(branches))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(F.conv2d(x, self.kernel(), None, self.s, 1))
@@ -278,52 +202,14 @@ class OfficialRepVGGOREPA(nn.Module):
 
     def __init__(self, c1: int, c2: int, s: int = 1) -> None:
         super().__init__()
-        self.rbr_identity = nn.BatchNorm2d(c1) if c1 == c2 and s == 1 else None
-        self.rbr_dense = OfficialOREPA3x3RepVGG(c1, c2, s)
-        self.rbr_1x1 = _conv_bn(c1, c2, 1, s, 0, 1)
+        identity = c1 == c2 and s == 1
+        self.rbr_identity = nn.BatchNorm2d(c1) if identity else None
+        self.rbr_dense = OfficialOREPAGenerator(c1, c2, "rbr", 6 if identity else 5, s)
+        self.rbr_1x1 = conv_bn(c1, c2, 1, s, 0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ident = 0 if self.rbr_identity is None else self.rbr_identity(x)
         return F.relu(self.rbr_dense(x) + self.rbr_1x1(x) + ident)
-
-
-class OfficialOREPAWeights(nn.Module):
-    """OREPA (blocks.py) with ``weight_only=True``, groups 1: its six generated branches, no BN."""
-
-    def __init__(self, c1: int, c2: int) -> None:
-        super().__init__()
-        P = nn.Parameter
-        self.weight_orepa_origin = P(torch.randn(c2, c1, 3, 3))
-        self.weight_orepa_avg_conv = P(torch.randn(c2, c1, 1, 1))
-        self.weight_orepa_pfir_conv = P(torch.randn(c2, c1, 1, 1))
-        self.register_buffer("weight_orepa_avg_avg", torch.ones(3, 3) / 9)
-        self.weight_orepa_1x1 = P(torch.randn(c2, c1, 1, 1))
-        self.weight_orepa_1x1_kxk_idconv1 = P(torch.randn(c1, c1, 1, 1))
-        self.register_buffer("id_tensor", torch.eye(c1).view(c1, c1, 1, 1))
-        self.weight_orepa_1x1_kxk_conv2 = P(torch.randn(c2, c1, 3, 3))
-        self.weight_orepa_gconv_dw = P(torch.randn(8 * c1, 1, 3, 3))
-        self.weight_orepa_gconv_pw = P(torch.randn(c2, 8 * c1, 1, 1))
-        self.vector = P(torch.randn(6, c2))
-        self.register_buffer("weight_orepa_prior", _prior(c2))
-
-    def kernel(self) -> torch.Tensor:
-        v = [self.vector[r].view(-1, 1, 1, 1) for r in range(6)]
-        c2, c1 = self.weight_orepa_origin.shape[:2]
-        avg = self.weight_orepa_avg_conv * self.weight_orepa_avg_avg
-        pfir = self.weight_orepa_pfir_conv * self.weight_orepa_prior[:, None]
-        first = (self.weight_orepa_1x1_kxk_idconv1 + self.id_tensor)[:, :, 0, 0]
-        chain = torch.einsum("ti,othw->oihw", first, self.weight_orepa_1x1_kxk_conv2)
-        one = F.pad(self.weight_orepa_1x1, [1, 1, 1, 1])
-        dw = self.weight_orepa_gconv_dw.view(c1, 8, 3, 3)
-        dsc = torch.einsum("ithw,oit->oihw", dw, self.weight_orepa_gconv_pw.view(c2, c1, 8))
-        return (
-            self.weight_orepa_origin * v[0]
-            + avg * v[1]
-            + pfir * v[2]
-            + chain * v[3]
-            + one * v[4]
-            + dsc * v[5]
-        )
 
 
 class OfficialOREPALargeConv(nn.Module):
@@ -333,7 +219,7 @@ class OfficialOREPALargeConv(nn.Module):
         super().__init__()
         self.k, self.s, self.layers = k, s, (k - 1) // 2
         for i in range(self.layers):
-            setattr(self, f"weight{i}", OfficialOREPAWeights(c1 if i == 0 else c2, c2))
+            setattr(self, f"weight{i}", OfficialOREPAGenerator(c1 if i == 0 else c2, c2, "orepa", 6))
         self.bn = nn.BatchNorm2d(c2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
