@@ -110,7 +110,6 @@ def _nonfinite(out: Any, path: str = "output") -> Iterator[tuple[str, str]]:
             yield from _nonfinite(v, f"{path}[{i}]")
 
 
-@strict_bools
 @dataclass
 class BlockError:
     """Equivalence of one converted block, measured on the input it saw inside the model."""
@@ -122,7 +121,6 @@ class BlockError:
     ok: bool
 
 
-@strict_bools
 @dataclass
 class VerifyReport:
     """Outcome of :func:`verify`: end-to-end error, per-block rows, what was converted, and why it failed."""

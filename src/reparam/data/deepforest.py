@@ -162,7 +162,6 @@ class SplitStats:
     per_class: dict[str, int] = field(default_factory=dict)
 
 
-@strict_bools
 @dataclass
 class PreparedDataset:
     """A tiled YOLO dataset: its data YAML, folder, per-split counts, and whether the cache was reused."""
