@@ -8,9 +8,10 @@ code and YOLOv6 (RepVGGBlock, QARepVGGBlock) use reparam's own tensor names, so 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,11 +146,27 @@ def _direct(sub: dict[str, Tensor], renames: Callable[[str], str] = lambda k: k)
     return mapped, []
 
 
-def _shape_error(source: str, got: tuple[int, ...], target: str, want: tuple[int, ...]) -> ValueError:
-    return ValueError(
-        f"state_dict_or_path: {source} has shape {got} but the model's {target} needs {want} "
-        "(different block geometry or tensor layout?)"
-    )
+class _ShapeError(ValueError):
+    """A source tensor whose shape does not fit (keys relative to the block; :func:`_map` adds its path)."""
+
+    def __init__(self, source: str, got: tuple[int, ...], target: str, want: tuple[int, ...]) -> None:
+        super().__init__(source, got, target, want)
+        self.source, self.got, self.target, self.want = source, got, target, want
+
+    def named(self, block: str) -> ValueError:
+        return ValueError(
+            f"state_dict_or_path: {_join(block, self.source)} has shape {self.got} but the model's "
+            f"{_join(block, self.target)} needs {self.want} (different block geometry or tensor layout?)"
+        )
+
+
+@contextlib.contextmanager
+def _within(source: str, target: str) -> Iterator[None]:
+    """Shape errors of a sub-layout (a generator inside a block) with their keys made block-relative."""
+    try:
+        yield
+    except _ShapeError as err:
+        raise _ShapeError(_join(source, err.source), err.got, _join(target, err.target), err.want) from None
 
 
 def _layout(source: str, t: Tensor, official: tuple[int, ...], target: str, own: tuple[int, ...]) -> Tensor:
@@ -159,7 +176,7 @@ def _layout(source: str, t: Tensor, official: tuple[int, ...], target: str, own:
     naming the key and both shapes.
     """
     if tuple(t.shape) != tuple(official):
-        raise _shape_error(source, tuple(t.shape), target, tuple(own))
+        raise _ShapeError(source, tuple(t.shape), target, tuple(own))
     return t.reshape(own)
 
 
@@ -194,7 +211,7 @@ def _dbb(block: DBB, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
     if "dbb_1x1_kxk.conv1.weight" in sub:
         w = sub["dbb_1x1_kxk.conv1.weight"]
         if w.shape != ident.shape:
-            raise _shape_error(
+            raise _ShapeError(
                 "dbb_1x1_kxk.conv1.weight", tuple(w.shape), "dbb_1x1_kxk.idconv1", tuple(ident.shape)
             )
         mapped["dbb_1x1_kxk.idconv1.weight"] = ("dbb_1x1_kxk.conv1.weight", w - ident.to(w))
@@ -252,7 +269,7 @@ def _orepa_gen(gen: OREPAKernel, sub: dict[str, Tensor], tag: str) -> tuple[Mapp
         elif name == "1x1_kxk_conv1":  # the plain first 1x1 (no identity buffer)
             own1 = gen.weight_1x1_kxk_idconv1
             if t.shape != own1.shape:
-                raise _shape_error(key, tuple(t.shape), "weight_1x1_kxk_idconv1", tuple(own1.shape))
+                raise _ShapeError(key, tuple(t.shape), "weight_1x1_kxk_idconv1", tuple(own1.shape))
             mapped["weight_1x1_kxk_idconv1"] = (key, t - gen.id_tensor.to(t).view(own1.shape))
             mapped["id_tensor"] = (_CONSTANT, gen.id_tensor)
         elif key not in (prior, mean):
@@ -276,7 +293,8 @@ def _under(mapped: Mapped, target: str, source: str) -> Mapped:
 def _orepa(block: OREPA, sub: dict[str, Tensor]) -> tuple[str, Mapped, list[str]]:
     """OREPA (JUGGHM/OREPA_CVPR2022 ``OREPA``): the generator tensors into ``gen``, its BN as ``bn``."""
     bn = {k: t for k, t in sub.items() if k.startswith("bn.")}
-    mapped, rest = _orepa_gen(block.gen, {k: t for k, t in sub.items() if k not in bn}, "orepa")
+    with _within("", "gen"):
+        mapped, rest = _orepa_gen(block.gen, {k: t for k, t in sub.items() if k not in bn}, "orepa")
     return "orepa-official", _under(mapped, "gen", "") | {k: (k, t) for k, t in bn.items()}, rest
 
 
@@ -300,9 +318,9 @@ def _orepa_large(block: OREPA_LargeConv, sub: dict[str, Tensor]) -> tuple[str, M
     rest = [k for k in sub if not k.startswith(("bn.", *known))]
     for i, stage in enumerate(block.stages):
         prefix = known[i]
-        got, left = _orepa_gen(
-            stage, {k[len(prefix) :]: t for k, t in sub.items() if k.startswith(prefix)}, "orepa"
-        )
+        with _within(f"weight{i}", f"stages.{i}"):
+            stage_sub = {k[len(prefix) :]: t for k, t in sub.items() if k.startswith(prefix)}
+            got, left = _orepa_gen(stage, stage_sub, "orepa")
         got = {k: (s, _flip(k, t, stage) if i else t) for k, (s, t) in got.items()}
         mapped |= _under(got, f"stages.{i}", f"weight{i}")
         rest += [prefix + k for k in left]
@@ -314,7 +332,8 @@ def _orepa_repvgg(block: OREPARepVGG, sub: dict[str, Tensor]) -> tuple[str, Mapp
     and its BN) into ``gen`` and ``bn``; ``rbr_1x1`` and ``rbr_identity`` by name."""
     dense = {k[len("rbr_dense.") :]: t for k, t in sub.items() if k.startswith("rbr_dense.")}
     bn = {k: t for k, t in dense.items() if k.startswith("bn.")}
-    mapped, rest = _orepa_gen(block.gen, {k: t for k, t in dense.items() if k not in bn}, "rbr")
+    with _within("rbr_dense", "gen"):
+        mapped, rest = _orepa_gen(block.gen, {k: t for k, t in dense.items() if k not in bn}, "rbr")
     mapped = _under(mapped, "gen", "rbr_dense") | {k: ("rbr_dense." + k, t) for k, t in bn.items()}
     mapped |= {k: (k, t) for k, t in sub.items() if not k.startswith("rbr_dense.")}
     return "orepa-repvgg-official", mapped, ["rbr_dense." + k for k in rest]
@@ -426,7 +445,10 @@ def _map(model: nn.Module, state: dict[str, Tensor]) -> tuple[Mapped, list[Block
         sub = _take(state, name)
         if not sub:
             continue
-        layout, got, rest = _translate(block, sub)
+        try:
+            layout, got, rest = _translate(block, sub)
+        except _ShapeError as err:
+            raise err.named(name) from None
         for target, (source, t) in got.items():
             mapped[_join(name, target)] = (_join(name, source), t)
         unmapped += [_join(name, k) for k in rest]
