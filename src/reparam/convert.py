@@ -412,7 +412,11 @@ def _convert_tree(module: nn.Module, name: str) -> None:
     """Convert ``module`` first (it may read its children's branches), then whatever children remain."""
     method = conversion_method(module)
     if method is not None and not is_deployed(module):
+        before = {id(m) for m in module.modules()}
         method()
+        for m in module.modules():  # what the method creates takes the block's train/eval mode
+            if id(m) not in before:
+                m.training = module.training
         if answers_protocol(module) and not module.deployed:
             raise RuntimeError(
                 f"{name or '<model>'} ({type(module).__name__}).reparameterize() returned but the module "

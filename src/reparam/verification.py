@@ -35,7 +35,7 @@ __all__ = ["BlockError", "VerifyReport", "default_rtol", "relative_error", "veri
 
 _RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 _MAX_HINTS = 5
-_ROUNDING = 64  # a channel's scale is at least _ROUNDING * eps / rtol of its tensor's scale
+_ROUNDING = 16  # a channel's scale is at least _ROUNDING * eps / rtol of its tensor's scale
 
 
 def default_rtol(dtype: torch.dtype) -> float:

@@ -161,6 +161,7 @@ class ReparamBlock(nn.Module):
         conv = nn.Conv2d(
             self.c1, self.c2, self.k, self.s, self.p, dilation=self.d, groups=self.g, bias=True
         ).to(device=device, dtype=dtype)
+        conv.train(self.training)
         with torch.no_grad():
             conv.weight.copy_(weight)
             conv.bias.copy_(bias)
