@@ -58,10 +58,10 @@ def test_each_ultralytics_conv_class_converts_exactly_and_completely(name):
     if name.startswith(("Conv2", "RepConv", "RepVGGDW")):
         ultra = nn.Sequential(CLASSES[name]()).double().eval()
         ultra.load_state_dict(model.state_dict())
-        if hasattr(ultra[0], "fuse_convs"):
-            ultra[0].fuse_convs()
-        else:
-            ultra[0].fuse()
+        ultra[0].fuse_convs() if hasattr(ultra[0], "fuse_convs") else ultra[0].fuse()
+        if hasattr(ultra[0], "forward_fuse") and not name.startswith("Conv2"):
+            ultra[0].forward = ultra[0].forward_fuse
+        torch.testing.assert_close(deploy(X), ultra(X), rtol=1e-10, atol=1e-10)
         assert not hasattr(deploy[0], "cv2") and not hasattr(deploy[0], "conv1")
 
 
