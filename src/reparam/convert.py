@@ -235,25 +235,30 @@ def _is_conv_unit(module: Any, k: int, p: int) -> bool:
     )
 
 
+def _merge(module: nn.Module, method: str, exact: bool, why: str) -> Callable[[], None] | str:
+    """The module's own merge ``method`` then ``forward = forward_fuse`` when ``exact``, else ``why``."""
+
+    def apply() -> None:
+        getattr(module, method)()
+        module.forward = module.forward_fuse
+
+    return apply if exact else why
+
+
 def _rule_repconv(module: nn.Module) -> Callable[[], None] | str | None:
     """Ultralytics RepConv: ``act(conv1(x) + conv2(x) + bn(x))``; ``fuse_convs()`` and ``forward_fuse``."""
     if "conv1" not in module._modules:
         return None
     bn = module._modules.get("bn")
-    if not (
+    exact = (
         _is_conv_unit(module.conv1, 3, 1)
         and _is_conv_unit(module._modules.get("conv2"), 1, 0)
         and module.conv1.conv.stride == module.conv2.conv.stride
         and module.conv1.conv.groups == module.conv2.conv.groups
         and (bn is None or (type(bn) is nn.BatchNorm2d and bn.track_running_stats and bn.affine))
-    ):
-        return "its branches are not the 3x3 + 1x1 (+ BN identity) that RepConv.fuse_convs merges exactly"
-
-    def apply() -> None:
-        module.fuse_convs()
-        module.forward = module.forward_fuse
-
-    return apply
+    )
+    why = "its branches are not the 3x3 + 1x1 (+ BN identity) that RepConv.fuse_convs merges exactly"
+    return _merge(module, "fuse_convs", exact, why)
 
 
 def _rule_repvggdw(module: nn.Module) -> Callable[[], None] | str | None:
@@ -261,19 +266,14 @@ def _rule_repvggdw(module: nn.Module) -> Callable[[], None] | str | None:
     if "conv1" not in module._modules:
         return None
     conv, conv1 = module._modules.get("conv"), module.conv1
-    if not (
+    exact = (
         _is_conv_unit(conv, 7, 3)
         and _is_conv_unit(conv1, 3, 1)
         and conv.conv.stride == conv1.conv.stride == (1, 1)
         and conv.conv.groups == conv1.conv.groups
-    ):
-        return "its branches are not the 7x7 + 3x3 depthwise pair that RepVGGDW.fuse merges exactly"
-
-    def apply() -> None:
-        module.fuse()
-        module.forward = module.forward_fuse
-
-    return apply
+    )
+    why = "its branches are not the 7x7 + 3x3 depthwise pair that RepVGGDW.fuse merges exactly"
+    return _merge(module, "fuse", exact, why)
 
 
 def _rule_conv_transpose(module: nn.Module) -> Callable[[], None] | str | None:
@@ -298,24 +298,21 @@ def _rule_conv_transpose(module: nn.Module) -> Callable[[], None] | str | None:
     return apply
 
 
-# Ultralytics classes whose forward is known exactly (checked against the installed source), by exact
-# class: qualified name -> (the qualname its forward/forward_fuse must have, the fuse rule). A subclass,
+_Rule = Callable[[nn.Module], Callable[[], None] | str | None]
+# Ultralytics classes whose forward is known exactly (read in the installed source), by exact class:
+# qualified name -> (the qualnames its forward and forward_fuse must have, its exact fuse rule). A subclass,
 # a patched forward or an instance-level forward is not on the list: it is left alone and named.
-ULTRALYTICS_RULES: dict[str, Callable[[nn.Module], Callable[[], None] | str | None]] = {
-    "ultralytics.nn.modules.conv.Conv": _rule_conv,
-    "ultralytics.nn.modules.conv.DWConv": _rule_conv,
-    "ultralytics.nn.modules.conv.Conv2": _rule_conv2,
-    "ultralytics.nn.modules.conv.RepConv": _rule_repconv,
-    "ultralytics.nn.modules.conv.ConvTranspose": _rule_conv_transpose,
-    "ultralytics.nn.modules.block.RepVGGDW": _rule_repvggdw,
-}
-_FORWARDS = {
-    "ultralytics.nn.modules.conv.Conv": ("Conv.forward", "Conv.forward_fuse"),
-    "ultralytics.nn.modules.conv.DWConv": ("Conv.forward", "Conv.forward_fuse"),
-    "ultralytics.nn.modules.conv.Conv2": ("Conv2.forward", "Conv.forward_fuse"),
-    "ultralytics.nn.modules.conv.RepConv": ("RepConv.forward", "RepConv.forward_fuse"),
-    "ultralytics.nn.modules.conv.ConvTranspose": ("ConvTranspose.forward", "ConvTranspose.forward_fuse"),
-    "ultralytics.nn.modules.block.RepVGGDW": ("RepVGGDW.forward", "RepVGGDW.forward_fuse"),
+ULTRALYTICS_RULES: dict[str, tuple[str, str, _Rule]] = {
+    "ultralytics.nn.modules.conv.Conv": ("Conv.forward", "Conv.forward_fuse", _rule_conv),
+    "ultralytics.nn.modules.conv.DWConv": ("Conv.forward", "Conv.forward_fuse", _rule_conv),
+    "ultralytics.nn.modules.conv.Conv2": ("Conv2.forward", "Conv.forward_fuse", _rule_conv2),
+    "ultralytics.nn.modules.conv.RepConv": ("RepConv.forward", "RepConv.forward_fuse", _rule_repconv),
+    "ultralytics.nn.modules.conv.ConvTranspose": (
+        "ConvTranspose.forward",
+        "ConvTranspose.forward_fuse",
+        _rule_conv_transpose,
+    ),
+    "ultralytics.nn.modules.block.RepVGGDW": ("RepVGGDW.forward", "RepVGGDW.forward_fuse", _rule_repvggdw),
 }
 _PLAIN_CONVS = ("ultralytics.nn.modules.conv.Conv", "ultralytics.nn.modules.conv.DWConv")
 _MERGES = (_rule_conv2, _rule_repconv, _rule_repvggdw)
@@ -328,9 +325,7 @@ def _ultralytics_name(module: nn.Module) -> str:
 
 def _ultralytics_rule(module: nn.Module) -> Callable[[], None] | str | None:
     """The exact fuse of an allow-listed Ultralytics module, or why it is left alone (None: nothing to do)."""
-    key = _ultralytics_name(module)
-    rule = ULTRALYTICS_RULES[key]
-    forward, forward_fuse = _FORWARDS[key]
+    forward, forward_fuse, rule = ULTRALYTICS_RULES[_ultralytics_name(module)]
     cls = type(module)
     if "forward" in vars(module) or getattr(cls.forward, "__qualname__", None) != forward:
         return None if rule(module) is None else "its forward is not the class's own"
@@ -375,7 +370,7 @@ def _plan(model: nn.Module, opaque: Callable[[nn.Module], bool]) -> tuple[list[_
         label = f"{name or '<model>'} ({type(m).__name__})"
         if _ultralytics_name(m) in ULTRALYTICS_RULES:
             skip.update(id(d) for d in m.modules() if d is not m)
-            rule = ULTRALYTICS_RULES[_ultralytics_name(m)]
+            rule = ULTRALYTICS_RULES[_ultralytics_name(m)][2]
             action = _ultralytics_rule(m)
             if isinstance(action, str):
                 left.append(f"{label}: {action}")
