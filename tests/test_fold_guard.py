@@ -163,7 +163,9 @@ def test_any_submodule_in_training_mode_is_refused_by_name():
 
 
 def test_verify_of_a_deploy_model_does_not_suspect_bottleneck_or_sppf():
-    model = nn.Sequential(uc.Conv(3, 8, 3), ub.Bottleneck(8, 8), ub.SPPF(8, 8), ub.C2f(8, 8, 1)).eval()
+    model = nn.Sequential(
+        uc.Conv(3, 8, 3), ub.Bottleneck(8, 8), ub.SPPF(8, 8), ub.C2f(8, 8, 1), ub.C3(8, 8, 1)
+    ).eval()
     deploy = reparam.reparameterize(model)
     report = reparam.verify(deploy, input_shape=(1, 3, 16, 16))
     assert not report.ok and report.hints[0].startswith("nothing was converted")

@@ -281,27 +281,39 @@ def _holds_conv(module: nn.Module) -> bool:
 
 def _suspects(model: nn.Module, inputs: Any) -> list[str]:
     """The innermost user modules (not from torch, no conversion method) in which two conv-bearing children
-    read the same input and give the same output shape: parallel branches, the shape of a re-param block
-    nobody taught to convert. A chain (Bottleneck, SPPF) or a head of differently shaped outputs is not."""
-    seen: dict[str, dict[int, list[tuple]]] = {}
+    read the same input and give the module's own output shape: parallel branches summed, the shape of a
+    re-param block nobody taught to convert. A chain (Bottleneck, SPPF), branches that are concatenated
+    (C3) or a head of differently shaped outputs is not."""
+    branches: dict[str, dict[int, list[tuple]]] = {}
+    own: dict[str, tuple] = {}
     handles = []
+
+    def shape_of(out: Any) -> tuple | None:
+        return tuple(out.shape) if isinstance(out, Tensor) else None
+
     for name, m in model.named_modules():
         kids = [c for c in m.children() if _holds_conv(c)]
         if type(m).__module__.startswith("torch.") or conversion_method(m) is not None or len(kids) < 2:
             continue
-        for kid in kids:
 
-            def hook(_m: nn.Module, args: tuple, out: Any, name: str = name) -> None:
-                if args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
-                    seen.setdefault(name, {}).setdefault(id(args[0]), []).append(tuple(out.shape))
+        def outer(_m: nn.Module, _args: tuple, out: Any, name: str = name) -> None:
+            own.setdefault(name, shape_of(out))
 
-            handles.append(kid.register_forward_hook(hook))
+        def branch(_m: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+            if args and isinstance(args[0], Tensor):
+                branches.setdefault(name, {}).setdefault(id(args[0]), []).append(shape_of(out))
+
+        handles += [m.register_forward_hook(outer), *(kid.register_forward_hook(branch) for kid in kids)]
     try:
         _call(model, inputs)
     finally:
         for h in handles:
             h.remove()
-    found = [n for n, by_input in seen.items() if any(len(set(s)) < len(s) for s in by_input.values())]
+    found = [
+        n
+        for n, by_input in branches.items()
+        if own.get(n) is not None and any(shapes.count(own[n]) >= 2 for shapes in by_input.values())
+    ]
     inner = [n for n in found if not any(o != n and (n == "" or o.startswith(f"{n}.")) for o in found)]
     modules = dict(model.named_modules())
     return [f"{n or '<model>'} ({type(modules[n]).__name__})" for n in inner]
