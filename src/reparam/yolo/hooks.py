@@ -39,7 +39,7 @@ def pending_blocks(model: nn.Module) -> list[str]:
 
 
 def convert_model(model: nn.Module) -> nn.Module:
-    """Convert ``model`` in place like the patched ``fuse()``: reparam blocks, then every Conv -> BN fold.
+    """Convert ``model`` in place like the patched ``fuse()``: reparam blocks, then every exact BN fold.
 
     An Ultralytics model is fused through its own (patched) ``fuse()`` so its heads are handled too.
     """
