@@ -157,7 +157,7 @@ def test_hooks_on_modules_that_conversion_drops_are_refused_by_name():
 def test_any_submodule_in_training_mode_is_refused_by_name():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), RepVGGBlock(4, 4)).eval()
     model[1].train()
-    with pytest.raises(ValueError, match=r"^1 of the model are in training mode"):
+    with pytest.raises(ValueError, match=r"^submodule 1 is in training mode: call model.eval\(\)"):
         reparam.reparameterize(model)
     assert isinstance(reparam.reparameterize(model, allow_train=True)[1], nn.Identity)
 

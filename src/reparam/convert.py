@@ -513,7 +513,8 @@ def reparameterize(model: nn.Module, inplace: bool = False, allow_train: bool = 
     check_bool(inplace=inplace, allow_train=allow_train)
     training = training_modules(model)
     if training and not allow_train:
-        where = "model is" if training[0] == "<model>" else f"{_names(training)} of the model are"
+        many = "submodules {} are" if len(training) > 1 else "submodule {} is"
+        where = "model is" if training[0] == "<model>" else many.format(_names(training))
         raise ValueError(
             f"{where} in training mode: call model.eval() before converting "
             "(or pass allow_train=True to convert with the current running statistics)"
