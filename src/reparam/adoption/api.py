@@ -46,7 +46,7 @@ def _replace(unit: Unit, block: nn.Module) -> None:
     if unit.parent is not None:
         setattr(unit.parent, unit.attr, block)
     if unit.bn_attr is not None:
-        setattr(unit.parent, unit.bn_attr, nn.Identity())
+        setattr(unit.parent, unit.bn_attr, nn.Identity().train(unit.module.training))
 
 
 def _first_param(model: nn.Module) -> Tensor:
