@@ -22,7 +22,8 @@ from reparam.blocks.dynamic import (
     dynamic_conv2d,
 )
 from reparam.blocks.registry import registered_blocks
-from reparam.convert import randomize_bn_, reparameterize, verify
+from reparam.convert import randomize_bn_, reparameterize
+from reparam.verification import verify
 
 FP32_RTOL, FP64_RTOL = 1e-5, 1e-12
 

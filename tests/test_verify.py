@@ -11,7 +11,8 @@ from torch import nn
 import reparam
 from reparam import RepVGGBlock
 from reparam.blocks import ReparamBlock
-from reparam.convert import randomize_bn_, relative_error
+from reparam.convert import randomize_bn_
+from reparam.verification import relative_error
 
 
 class TwoHeads(nn.Module):
@@ -89,7 +90,8 @@ def test_nothing_converted_fails_and_names_the_suspects():
     assert (report.blocks_converted, report.bn_folds, report.blocks) == (0, 0, [])
     assert report.hints[0] == (
         "nothing was converted: the model has no re-parameterizable block and no Conv->BN pair; "
-        "modules that look re-parameterizable (two or more conv branches) but lack reparameterize(): "
+        "modules that look re-parameterizable (two or more parallel conv branches) but lack "
+        "reparameterize(): "
         "1.0 (TwoBranch), 2 (TwoBranch)"
     )
     assert str(report).startswith("verify: FAIL — 0 blocks converted, 0 BN folds,")

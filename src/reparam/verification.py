@@ -1,13 +1,16 @@
 """The proof of a conversion: ``verify`` runs the training and deploy forms side by side in eval mode.
 
-It reports the error end to end and per converted block, and fails, saying why, on a NaN/Inf in any output,
-on a block that does not convert exactly, and on a model where nothing was converted at all.
+It reports the error end to end (each output tensor and each of its channels against its own scale, so a
+small output beside a large one cannot hide) and per converted block, and fails, saying why, on a NaN/Inf
+in any output, on a block that does not convert exactly, on a hook the conversion would drop, and on a
+model where nothing was converted at all.
 ``relative_error`` is the one comparison of nested outputs used here and by the export checks.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,15 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reparam.blocks.base import ReparamContainer
+from reparam.blocks.base import ReparamContainer, outermost_modules
 from reparam.checks import strict_bools
 from reparam.convert import (
-    _convert,
-    _is_deployed,
-    _refuse_torchscript,
-    _top_blocks,
+    Conversion,
+    check_model,
+    conversion_method,
+    convert_in_place,
+    is_deployed,
     randomize_bn_,
-    reparameterize,
+    training_modules,
 )
 from reparam.text import text_table
 
@@ -32,6 +36,7 @@ __all__ = ["BlockError", "VerifyReport", "default_rtol", "relative_error", "veri
 
 _RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 _MAX_HINTS = 5
+_ROUNDING = 16  # a channel's scale is at least _ROUNDING * eps / rtol of its tensor's scale
 
 
 def default_rtol(dtype: torch.dtype) -> float:
@@ -70,13 +75,14 @@ def _pair(a: Any, b: Any, out: list[tuple[Tensor, Tensor]]) -> bool:
     return type(a) is type(b) and a == b
 
 
-def relative_error(reference: Any, other: Any) -> tuple[float, float]:
+def relative_error(reference: Any, other: Any, *, floor: float = 0.0) -> tuple[float, float]:
     """``(max_abs, max_rel)`` of ``other`` against ``reference``: max|other - ref| and that over max|ref|.
 
     Both may be tensors or nested lists/tuples/dicts of them (numbers compare as scalars, other leaves must
     be equal). Returns ``(inf, inf)`` when the structures or shapes differ or when a NaN or Inf appears
     anywhere in either, so that a broken output can never pass a tolerance; ``max_rel`` is inf when the
-    reference is all zeros and ``other`` is not.
+    reference is all zeros and ``other`` is not. ``floor`` is the smallest scale the difference is divided
+    by (for a slice that is ~0 everywhere, e.g. a channel, measured against its tensor's rounding).
     """
     pairs: list[tuple[Tensor, Tensor]] = []
     if not _pair(reference, other, pairs):
@@ -89,25 +95,61 @@ def relative_error(reference: Any, other: Any) -> tuple[float, float]:
         if ref.numel():
             max_abs = max(max_abs, float((got - ref).abs().max()))
             scale = max(scale, float(ref.abs().max()))
+    scale = max(scale, floor)
     if scale == 0.0:  # an all-zero reference: any difference is infinitely relative
         return max_abs, 0.0 if max_abs == 0.0 else math.inf
     return max_abs, max_abs / scale
 
 
-def _nonfinite(out: Any, path: str = "output") -> Iterator[tuple[str, str]]:
-    """``(path, 'NaN' | 'Inf' | 'NaN and Inf')`` for every tensor of a nested output that is not finite."""
+def _named_tensors(out: Any, path: str = "output") -> Iterator[tuple[str, Tensor]]:
+    """``(path, tensor)`` for each tensor of a nested output: ``output``, ``output[1][2]``, ``output['k']``"""
     if isinstance(out, Tensor):
-        t = out.detach()
+        yield path, out.detach()
+    elif isinstance(out, Mapping):
+        for k, v in out.items():
+            yield from _named_tensors(v, f"{path}[{k!r}]")
+    elif _is_sequence(out):
+        for i, v in enumerate(out):
+            yield from _named_tensors(v, f"{path}[{i}]")
+
+
+def _nonfinite(out: Any) -> Iterator[tuple[str, str]]:
+    """``(path, 'NaN' | 'Inf' | 'NaN and Inf')`` for every tensor of a nested output that is not finite."""
+    for path, t in _named_tensors(out):
         if t.is_floating_point() or t.is_complex():
             kinds = [k for k, bad in (("NaN", t.isnan()), ("Inf", t.isinf())) if bool(bad.any())]
             if kinds:
                 yield path, " and ".join(kinds)
-    elif isinstance(out, Mapping):
-        for k, v in out.items():
-            yield from _nonfinite(v, f"{path}[{k!r}]")
-    elif _is_sequence(out):
-        for i, v in enumerate(out):
-            yield from _nonfinite(v, f"{path}[{i}]")
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where an output differs most: the output/channel, its max_abs, and that over its own scale."""
+
+    where: str
+    max_abs: float
+    max_rel: float
+    scale: float
+
+
+def _worst_site(ref: Any, got: Any, tol: float, dtype: torch.dtype) -> _Site:
+    """The output tensor and channel (dim 1) with the largest :func:`relative_error` against its own scale.
+
+    A channel's scale is floored at ``_ROUNDING * eps / tol`` of its tensor's max|ref|, so a channel that
+    is ~0 everywhere is compared with the rounding of its tensor, not with zero. Structures must match.
+    """
+    worst = _Site("", 0.0, 0.0, 0.0)
+    factor = min(1.0, _ROUNDING * torch.finfo(dtype).eps / tol)
+    for (path, r), (_, g) in zip(_named_tensors(ref), _named_tensors(got), strict=True):
+        if not r.numel():
+            continue
+        floor = factor * float(r.abs().max()) if r.is_floating_point() else 0.0
+        parts = [(f"{path} channel {c}", r[:, c], g[:, c]) for c in range(r.shape[1])] if r.dim() > 1 else []
+        for where, rc, gc in parts or [(path, r, g)]:
+            a, rel = relative_error(rc, gc, floor=floor)
+            if rel > worst.max_rel or not worst.where:
+                worst = _Site(where, a, rel, max(float(rc.abs().max()) if rc.numel() else 0.0, floor))
+    return worst
 
 
 @dataclass
@@ -134,6 +176,8 @@ class VerifyReport:
     hints: list[str] = field(default_factory=list)
     blocks_converted: int = 0
     bn_folds: int = 0
+    worst: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def worst_block(self) -> BlockError | None:
@@ -155,10 +199,11 @@ class VerifyReport:
     def __str__(self) -> str:
         head = (
             f"verify: {'PASS' if self.ok else 'FAIL'} — {self.blocks_converted} blocks converted, "
-            f"{self.bn_folds} BN folds, max_abs={self.max_abs:.3e}, max_rel={self.max_rel:.3e} "
-            f"(rtol {self.rtol:.0e}, {self.dtype})"
+            f"{self.bn_folds} BN folds, max_abs={self.max_abs:.3e}, max_rel={self.max_rel:.3e}"
+            f"{f' at {self.worst}' if self.worst else ''} (rtol {self.rtol:.0e}, {self.dtype})"
         )
-        return "\n".join([head, self.table(), *(f"hint: {h}" for h in self.hints)])
+        lines = [head, self.table(), *(f"hint: {h}" for h in self.hints), *(f"note: {n}" for n in self.notes)]
+        return "\n".join(lines)
 
 
 def _make_inputs(model: nn.Module, inputs: Any, input_shape: Sequence[int], seed: int) -> Any:
@@ -184,17 +229,13 @@ def _call(model: nn.Module, inputs: Any) -> Any:
     return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
 
 
-def _pending_blocks(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+def _pending_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The blocks that conversion will change, one per row: containers (RepBlock, BepC3, a backbone) are
     opened so that each block inside gets its own row; already deployed blocks are left out."""
-    rows = []
-    for name, m in _top_blocks(model, prefix):
-        if isinstance(m, ReparamContainer):
-            for child_name, child in m.named_children():
-                rows += _pending_blocks(child, f"{name}.{child_name}" if name else child_name)
-        elif not _is_deployed(m):
-            rows.append((name, m))
-    return rows
+    blocks = outermost_modules(
+        model, lambda m: conversion_method(m) is not None and not isinstance(m, ReparamContainer)
+    )
+    return [(name, m) for name, m in blocks if not is_deployed(m)]
 
 
 def _capture_block_inputs(model: nn.Module, inputs: Any) -> tuple[Any, dict[str, tuple]]:
@@ -229,13 +270,63 @@ def _first_run(model: nn.Module, x: Any, input_shape: Sequence[int] | None) -> t
         ) from e
 
 
+def _deploy_copy(block: nn.Module) -> nn.Module:
+    deploy = copy.deepcopy(block)
+    convert_in_place(deploy, refuse_hooks=False)
+    return deploy
+
+
+def _holds_conv(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+
+
+def _suspects(model: nn.Module, inputs: Any) -> list[str]:
+    """The innermost user modules (not from torch, no conversion method) in which two conv-bearing children
+    read the same input and give the module's own output shape: parallel branches summed, the shape of a
+    re-param block nobody taught to convert. A chain (Bottleneck, SPPF), branches that are concatenated
+    (C3) or a head of differently shaped outputs is not."""
+    branches: dict[str, dict[int, list[tuple]]] = {}
+    own: dict[str, tuple] = {}
+    handles = []
+
+    def shape_of(out: Any) -> tuple | None:
+        return tuple(out.shape) if isinstance(out, Tensor) else None
+
+    for name, m in model.named_modules():
+        kids = [c for c in m.children() if _holds_conv(c)]
+        if type(m).__module__.startswith("torch.") or conversion_method(m) is not None or len(kids) < 2:
+            continue
+
+        def outer(_m: nn.Module, _args: tuple, out: Any, name: str = name) -> None:
+            own.setdefault(name, shape_of(out))
+
+        def branch(_m: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+            if args and isinstance(args[0], Tensor):
+                branches.setdefault(name, {}).setdefault(id(args[0]), []).append(shape_of(out))
+
+        handles += [m.register_forward_hook(outer), *(kid.register_forward_hook(branch) for kid in kids)]
+    try:
+        _call(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    found = [
+        n
+        for n, by_input in branches.items()
+        if own.get(n) is not None and any(shapes.count(own[n]) >= 2 for shapes in by_input.values())
+    ]
+    inner = [n for n in found if not any(o != n and (n == "" or o.startswith(f"{n}.")) for o in found)]
+    modules = dict(model.named_modules())
+    return [f"{n or '<model>'} ({type(modules[n]).__name__})" for n in inner]
+
+
 def _block_rows(model: nn.Module, block_inputs: dict[str, tuple], tol: float) -> list[BlockError]:
     """Each block converted on its own, compared on the input it saw inside the model."""
     rows = []
     for name, block in _pending_blocks(model):
         if name in block_inputs:
             args = block_inputs[name]
-            a, r = relative_error(block(*args), reparameterize(block)(*args))
+            a, r = relative_error(block(*args), _deploy_copy(block)(*args))
             rows.append(BlockError(name, type(block).__name__, a, r, r <= tol))
     return rows
 
@@ -274,16 +365,20 @@ def verify(
 
     Works on copies; ``model`` is untouched. ``dtype`` casts model and inputs (float64 for a strict
     check); ``randomize_bn`` gives BNs random statistics first so that fresh models are not trivially
-    equal. Relative error is ``max|deploy - train| / max|train|`` (:func:`relative_error`). Fails on any
-    NaN/Inf, naming the output and form, and when nothing was converted (no block, no Conv-BN fold), naming
-    the innermost user modules with two or more conv-bearing children and no conversion method, the usual
-    sign of a multi-branch block without ``reparameterize()``. Refuses TorchScript models.
+    equal. The end-to-end error is measured per output tensor and per channel (dim 1), each against its
+    own scale (:func:`relative_error`), and the worst is named. Fails on any NaN/Inf, naming the output
+    and form; on hooks the conversion would drop; and when nothing was converted, naming the innermost
+    user modules with two or more conv+BN branches and no conversion method, the usual sign of a
+    multi-branch block without ``reparameterize()``. Refuses TorchScript, meta tensors, nn.ModuleList.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    _refuse_torchscript(model)
+    check_model(model)
+    if isinstance(model, nn.ModuleList | nn.ModuleDict):
+        raise ValueError(
+            f"model is an nn.{type(model).__name__}, which has no forward: pass the module that calls it "
+            "(e.g. the whole model), or verify each entry, verify(model[i])"
+        )
     _check_arguments(rtol, input_shape, dtype)
-    was_training = model.training
+    training = training_modules(model)
     train_form = copy.deepcopy(model)
     if dtype is not None:
         train_form = train_form.to(dtype)
@@ -298,13 +393,25 @@ def verify(
     ref, block_inputs = _first_run(train_form, x, None if inputs is not None else input_shape)
     rows = _block_rows(train_form, block_inputs, tol) if per_block else []
     deploy = copy.deepcopy(train_form)
-    done = _convert(deploy)
+    done = convert_in_place(deploy, refuse_hooks=False)
+    if not (done.converted or done.bn_folds or done.already_deployed):
+        done = dataclasses.replace(done, suspects=tuple(_suspects(train_form, x)))
     got = _call(deploy, x)
     max_abs, max_rel = relative_error(ref, got)
-    ok = max_rel <= tol and all(r.ok for r in rows) and done.nothing_converted is None
+    site = _worst_site(ref, got, tol, work) if math.isfinite(max_rel) else None
+    if site is not None:
+        max_rel = max(max_rel, site.max_rel)
+    ok = (
+        max_rel <= tol
+        and all(r.ok for r in rows)
+        and done.nothing_converted is None
+        and not done.dropped_hooks
+    )
     report = VerifyReport(ok, max_abs, max_rel, tol, work, rows, [], len(done.converted), done.bn_folds)
+    report.worst = site.where if site else ""
+    report.notes = [n for n in (done.left_alone_note,) if n]
     if not ok:
-        report.hints = _hints(report, was_training, done.nothing_converted, _nonfinite_hints(ref, got))
+        report.hints = _hints(report, training, done, site, _nonfinite_hints(ref, got))
     return report
 
 
@@ -329,18 +436,32 @@ def _nonfinite_hints(ref: Any, got: Any) -> list[str]:
     return lines
 
 
-def _hints(report: VerifyReport, was_training: bool, nothing: str | None, nonfinite: list[str]) -> list[str]:
+def _hints(
+    report: VerifyReport, training: list[str], done: Conversion, site: _Site | None, nonfinite: list[str]
+) -> list[str]:
     """Likely causes of a failed report, most decisive first."""
+    nothing = done.nothing_converted
     hints = ([nothing] if nothing else []) + nonfinite
+    if done.dropped_hooks:
+        hints.append(
+            f"conversion drops hooks on modules it removes or replaces: {', '.join(done.dropped_hooks)} "
+            "(reparameterize refuses this model; remove the hooks or put them on the enclosing block)"
+        )
     if report.dtype in (torch.float16, torch.bfloat16) and not hints:
         hints.append(
             f"{report.dtype} rounding dominates the comparison: verify in float32 or float64 "
             "(dtype=torch.float64)"
         )
-    if was_training:
+    if site is not None and site.max_rel > report.rtol:
         hints.append(
-            "the model was in train mode: its BN statistics change with every batch; convert and "
-            "compare only after model.eval() (verify compares eval forms, not train mode)"
+            f"{site.where} differs most: max_abs={site.max_abs:.3e} against its own scale {site.scale:.3e} "
+            f"(max_rel={site.max_rel:.3e}); each output and channel is measured against its own scale"
+        )
+    if training:
+        where = "the model was" if training[0] == "<model>" else f"{', '.join(training[:3])} were"
+        hints.append(
+            f"{where} in train mode: its BN statistics change with every batch; convert and compare "
+            "only after model.eval() (verify compares eval forms, not train mode)"
         )
     bad = [r for r in report.blocks if not r.ok]
     if bad:

@@ -52,7 +52,7 @@ def _replace(unit: Unit, block: nn.Module, undo: Undo) -> None:
         setattr(unit.parent, unit.attr, block)
     if unit.bn_attr is not None:
         undo.append((unit.parent, unit.bn_attr, getattr(unit.parent, unit.bn_attr)))
-        setattr(unit.parent, unit.bn_attr, nn.Identity())
+        setattr(unit.parent, unit.bn_attr, nn.Identity().train(unit.module.training))
 
 
 def _restore(undo: Undo) -> None:

@@ -9,7 +9,7 @@ A module that only holds such blocks subclasses :class:`ReparamContainer`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,8 @@ __all__ = [
     "check_divisible",
     "check_odd_kernel",
     "check_positive",
-    "convertible_children",
+    "is_pending",
+    "outermost_modules",
 ]
 
 
@@ -39,13 +40,24 @@ def answers_protocol(module: nn.Module) -> bool:
     return hasattr(module, "deployed") and callable(getattr(module, "reparameterize", None))
 
 
-def convertible_children(module: nn.Module) -> Iterator[nn.Module]:
-    """The outermost descendants of ``module`` that answer the protocol (each converts its own subtree)."""
-    for child in module.children():
-        if answers_protocol(child):
-            yield child
-        else:
-            yield from convertible_children(child)
+def is_pending(module: nn.Module) -> bool:
+    """True for a module of the conversion protocol that is not converted yet."""
+    return answers_protocol(module) and not module.deployed
+
+
+def outermost_modules(
+    module: nn.Module, keep: Callable[[nn.Module], bool] = answers_protocol, prefix: str = ""
+) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, m)`` for the modules ``keep`` accepts that are not inside another accepted one.
+
+    ``module`` itself is included (named ``prefix``, '' for the root); names are qualified like
+    ``named_modules()``. The one walker for "the outermost modules that answer the protocol".
+    """
+    if keep(module):
+        yield prefix, module
+        return
+    for name, child in module.named_children():
+        yield from outermost_modules(child, keep, f"{prefix}.{name}" if prefix else name)
 
 
 def _type_hint(v: object) -> str:
@@ -144,6 +156,7 @@ class ReparamBlock(nn.Module):
         conv = nn.Conv2d(
             self.c1, self.c2, self.k, self.s, self.p, dilation=self.d, groups=self.g, bias=True
         ).to(device=device, dtype=dtype)
+        conv.train(self.training)
         with torch.no_grad():
             conv.weight.copy_(weight)
             conv.bias.copy_(bias)
@@ -184,13 +197,17 @@ class ReparamContainer(nn.Module):
     ``reparam.reparameterize``, which also folds plain Conv2d -> BatchNorm2d pairs.
     """
 
+    def _inner_blocks(self) -> list[nn.Module]:
+        """The outermost descendants that answer the protocol (each converts its own subtree)."""
+        return [m for child in self.children() for _, m in outermost_modules(child)]
+
     @property
     def deployed(self) -> bool:
         """True once every convertible block inside is converted."""
-        return all(m.deployed for m in convertible_children(self))
+        return all(m.deployed for m in self._inner_blocks())
 
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Convert every block inside, in place; calling it again does nothing."""
-        for m in list(convertible_children(self)):
+        for m in self._inner_blocks():
             m.reparameterize()

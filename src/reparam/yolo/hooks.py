@@ -10,14 +10,14 @@ where Ultralytics folds its own BNs, and in the right order: our blocks first, t
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from reparam.blocks.base import answers_protocol
+from reparam.blocks.base import is_pending, outermost_modules
 from reparam.convert import reparameterize
 
 __all__ = [
@@ -33,27 +33,13 @@ __all__ = [
 _SCALE = re.compile(r"(\d+)([nslmx])(.+)?$")
 
 
-def _pending(module: nn.Module) -> bool:
-    """True for a module of the conversion protocol that is not converted yet."""
-    return answers_protocol(module) and not module.deployed
-
-
-def _outermost(model: nn.Module, keep: Callable[[nn.Module], bool]) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` for the modules that ``keep`` accepts and that are not inside another one."""
-    found: list[tuple[str, nn.Module]] = []
-    for name, m in model.named_modules():
-        if keep(m) and not any(name.startswith(f"{outer}.") for outer, _ in found):
-            found.append((name, m))
-    return found
-
-
 def pending_blocks(model: nn.Module) -> list[str]:
     """Names of the outermost modules in ``model`` that are not converted yet (a container, not its parts)."""
-    return [name for name, _ in _outermost(model, _pending)]
+    return [name for name, _ in outermost_modules(model, is_pending)]
 
 
 def convert_model(model: nn.Module) -> nn.Module:
-    """Convert ``model`` in place like the patched ``fuse()``: reparam blocks, then every Conv -> BN fold.
+    """Convert ``model`` in place like the patched ``fuse()``: reparam blocks, then every exact BN fold.
 
     An Ultralytics model is fused through its own (patched) ``fuse()`` so its heads are handled too.
     """
@@ -76,9 +62,10 @@ def patch_fuse() -> None:
     original_is_fused = BaseModel.is_fused
 
     def fuse(self: BaseModel, *args: Any, **kwargs: Any) -> Any:
-        """Convert reparam blocks and fold their BNs, then run Ultralytics' own fuse."""
-        if pending_blocks(self):
-            reparameterize(self, inplace=True, allow_train=True)
+        """Convert each reparam block (and fold the BNs inside it), then run Ultralytics' own fuse, which
+        alone handles Ultralytics' modules (Conv2's cv2, RepConv, QAT models) by its own rules."""
+        for _, block in list(outermost_modules(self, is_pending)):
+            reparameterize(block, inplace=True, allow_train=True)
         return original_fuse(self, *args, **kwargs)
 
     def is_fused(self: BaseModel, *args: Any, **kwargs: Any) -> bool:
@@ -103,7 +90,7 @@ def untransferred_tensors(model: nn.Module, source: Mapping[str, torch.Tensor]) 
     """
     own = model.state_dict()
     skipped: dict[str, list[str]] = {}
-    for name, block in _outermost(model, _is_reparam):
+    for name, block in outermost_modules(model, _is_reparam):
         reasons = []
         for key in (f"{name}.{k}" for k in block.state_dict()):
             if key not in source:
