@@ -21,7 +21,7 @@ from typing import Any
 from reparam.app.adopt import adopt
 from reparam.app.data import resolve_data
 from reparam.app.demo import MAP_TOL, Validator, load_unfused
-from reparam.app.fonts import plot_fonts
+from reparam.yolo.fonts import plot_fonts
 from reparam.app.models import load
 from reparam.app.train import train
 from reparam.bench.profile import count_params

@@ -31,7 +31,7 @@ from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
 from reparam.app.data import resolve_data
 from reparam.app.export import ONNX_RTOL, OnnxCheck, check_onnx, export_onnx, onnx_ops
-from reparam.app.fonts import plot_fonts
+from reparam.yolo.fonts import plot_fonts
 from reparam.app.models import load, plain_model, stride_imgsz
 from reparam.app.report import BASELINE, Checks, DemoReport, summary_rows, write_demo_report
 from reparam.app.train import TrainResult, train
