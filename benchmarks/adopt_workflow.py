@@ -21,12 +21,12 @@ from typing import Any
 from reparam.app.adopt import adopt
 from reparam.app.data import resolve_data
 from reparam.app.demo import MAP_TOL, Validator, load_unfused
-from reparam.yolo.fonts import plot_fonts
 from reparam.app.models import load
 from reparam.app.train import train
 from reparam.bench.profile import count_params
 from reparam.text import text_table
 from reparam.yolo import convert_model, deploy_checkpoint
+from reparam.yolo.fonts import plot_fonts
 
 # The demo's from-scratch run (README, `reparam demo`: yolov8n-orepa.yaml, 30 epochs, same recipe).
 DEMO_ROW = {

@@ -109,7 +109,8 @@ def test_the_classification_study_runs_without_extras_and_notes_the_missing_plot
         recipe = ClassificationRecipe(
             width=4, batch=16, calib_images=16, latency_batches=(1,), latency_rounds=2, dataset=data
         )
-        result = study(variants=["plain"], seeds=[0], epochs=1, out=sys.argv[2], recipe=recipe, progress=print)
+        out = sys.argv[2]
+        result = study(variants=["plain"], seeds=[0], epochs=1, out=out, recipe=recipe, progress=print)
         print(json.dumps(sorted(result.files)))
         """,
         str(tmp_path / "study"),

@@ -392,7 +392,7 @@ def _warnings_to_stderr(command: str) -> logging.Handler:
 
 
 def _needs_extra(command: str, error: ModuleNotFoundError, debug: bool) -> int:
-    """A module of an optional extra is missing: one line naming the extra, exit 2 (else the bug re-raises)."""
+    """A module of an optional extra is missing: one line naming the extra, exit 2 (else: re-raised)."""
     missing = missing_extra(error)
     if missing is None or debug:
         raise error

@@ -31,7 +31,6 @@ from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
 from reparam.app.data import resolve_data
 from reparam.app.export import ONNX_RTOL, OnnxCheck, check_onnx, export_onnx, onnx_ops
-from reparam.yolo.fonts import plot_fonts
 from reparam.app.models import load, plain_model, stride_imgsz
 from reparam.app.report import BASELINE, Checks, DemoReport, summary_rows, write_demo_report
 from reparam.app.train import TrainResult, train
@@ -40,6 +39,7 @@ from reparam.io import atomic_path
 from reparam.text import Progress, say
 from reparam.verification import VerifyReport, default_rtol, relative_error, verify
 from reparam.yolo import convert_model, deploy_checkpoint
+from reparam.yolo.fonts import plot_fonts
 from reparam.yolo.safety import load_ultralytics_checkpoint, ultralytics_safe_load
 
 __all__ = ["MAP_TOL", "MAP_TOL_FP16", "DemoResult", "Validator", "load_unfused", "run_demo"]

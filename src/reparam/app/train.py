@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from reparam.app.data import resolve_data
-from reparam.yolo.fonts import plot_fonts
 from reparam.app.models import check_checkpoint, load, stride_imgsz
 from reparam.text import Progress
 from reparam.yolo import ReparamDetectionTrainer
+from reparam.yolo.fonts import plot_fonts
 from reparam.yolo.safety import ultralytics_safe_load
 
 __all__ = ["TrainResult", "train"]
