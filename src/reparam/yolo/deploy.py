@@ -179,7 +179,8 @@ def _load_note(model: nn.Module, remaining: list[str]) -> str:
     if remaining:
         return (
             f"it holds reparam modules ({', '.join(remaining)}): loading it (YOLO(path), predict, val, "
-            "export, fine-tuning) needs reparam installed and `import reparam.yolo` first"
+            "export) needs reparam installed, and fine-tuning, which rebuilds the model from its YAML, "
+            "`import reparam.yolo` first"
         )
     cfg = getattr(model, "yaml", None)
     if not isinstance(cfg, dict):
