@@ -241,13 +241,19 @@ def _checks(
 
 
 def _train(
-    model: str, data: Path, epochs: int, validate: Validator, trust: bool, progress: Progress | None
+    model: str,
+    data: Path,
+    epochs: int,
+    validate: Validator,
+    out: Path,
+    trust: bool,
+    progress: Progress | None,
 ) -> TrainResult:
     """Stage 2. nbs=batch: one optimizer step per batch. Ultralytics' default (nbs=64) accumulates 64
     images per step, which on ~100 tiles leaves ~1.5 steps per epoch and a detector that learns nothing."""
     v = validate
     return train(
-        model, data, epochs, v.imgsz, v.batch, v.device, project=v.out, name="train", exist_ok=True,
+        model, data, epochs, v.imgsz, v.batch, v.device, project=out, name="train", exist_ok=True,
         nbs=v.batch, plots=False, amp=False, seed=0, deterministic=True, progress=progress, trust=trust,
     )  # fmt: skip
 
@@ -294,7 +300,7 @@ def run_demo(
             data_yaml, data_desc = resolve_data(data, tile=imgsz, progress=progress)
         validate = Validator(data_yaml, imgsz, batch, device)
         with stage("train", f"train {model} for {epochs} epochs at {imgsz}px on {device}"):
-            run = _train(model, data_yaml, epochs, validate, trust, progress)
+            run = _train(model, data_yaml, epochs, validate, out, trust, progress)
         with stage("validate training form", "validate the training form (unconverted)"):
             maps = {BASELINE: validate(load_unfused(run.best, trust))}
         with stage("convert", "convert: deploy checkpoint"):
