@@ -29,6 +29,7 @@ COMMANDS = {
     "adopt {pt} to=orepa": "yolo",
     "study task=detection": "yolo",
     "data": "yolo",
+    "study task=classification int8=True": "export",
 }
 
 _BLOCKED_RUN = """

@@ -24,14 +24,11 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import BaseModel
 
 import reparam.yolo as ry
+from conftest import rel_err
 from reparam.data.synthetic import make_synthetic_dataset
 
 IMGSZ = 64
 MODEL = "yolov8n-repvgg.yaml"
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +94,7 @@ def test_predict_and_val_convert_automatically_and_match(trained: dict) -> None:
     assert served.is_fused() and ry.pending_blocks(served) == []
     x = _image_tensor()
     with torch.no_grad():
-        assert _rel(served(x)[0], reference(x)[0]) < 1e-4
+        assert rel_err(served(x)[0], reference(x)[0]) < 1e-4
     from reparam.app.demo import load_unfused
 
     def val(net: YOLO) -> tuple[float, float]:
@@ -134,7 +131,7 @@ def test_onnx_export_converts_matches_plain_graph_and_training_output(
     (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})[:1]
     with torch.no_grad():
         torch_out = _train_form(best)(x)[0]
-    assert _rel(torch.from_numpy(onnx_out), torch_out) < 1e-4
+    assert rel_err(torch.from_numpy(onnx_out), torch_out) < 1e-4
 
 
 def _run_python(code: str, env_extra: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -183,7 +180,7 @@ def test_deploy_checkpoint_loads_without_reparam_and_keeps_the_source(trained: d
     assert report == {"reparam": [], "fused": True, "n_results": 1}
     with torch.no_grad():
         reference = _train_form(best)(x)[0]
-    assert _rel(torch.load(tmp_path / "out.pt"), reference) < 1e-4
+    assert rel_err(torch.load(tmp_path / "out.pt"), reference) < 1e-4
 
 
 def test_safe_load_allows_reparam_training_checkpoints(trained: dict, tmp_path: Path) -> None:

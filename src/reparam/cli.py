@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reparam.extras import missing_extra
+from reparam.extras import missing_extra, require
 from reparam.options import (
     TRUE,
     Command,
@@ -140,6 +140,8 @@ def _cmd_adopt(o: dict[str, Any]) -> int:
 def _cmd_study(o: dict[str, Any]) -> int:
     from reparam.app.study import study
 
+    if o["int8"]:
+        require("onnx", "onnxruntime")  # before any training
     study(**o, progress=_print)
     return 0
 

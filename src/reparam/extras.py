@@ -6,7 +6,9 @@ the benchmarks' measuring code and the classification study; Ultralytics, ONNX a
 
 from __future__ import annotations
 
-__all__ = ["EXTRA_OF", "MissingExtraError", "missing_extra"]
+import importlib.util
+
+__all__ = ["EXTRA_OF", "MissingExtraError", "missing_extra", "require"]
 
 EXTRA_OF: dict[str, str] = {
     "ultralytics": "yolo",
@@ -37,3 +39,11 @@ def missing_extra(error: ModuleNotFoundError) -> MissingExtraError | None:
     return MissingExtraError(
         f'needs the {extra} extra: pip install "reparam[{extra}]" (no module named {top!r})', name=top
     )
+
+
+def require(*modules: str) -> None:
+    """ModuleNotFoundError for the first of ``modules`` that is not installed: a check before long work
+    (the INT8 study trains for minutes before it first imports onnx)."""
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
