@@ -21,12 +21,12 @@ from typing import Any
 from reparam.app.adopt import adopt
 from reparam.app.data import resolve_data
 from reparam.app.demo import MAP_TOL, Validator, load_unfused
-from reparam.app.fonts import plot_fonts
 from reparam.app.models import load
 from reparam.app.train import train
 from reparam.bench.profile import count_params
 from reparam.text import text_table
 from reparam.yolo import convert_model, deploy_checkpoint
+from reparam.yolo.fonts import plot_fonts
 
 # The demo's from-scratch run (README, `reparam demo`: yolov8n-orepa.yaml, 30 epochs, same recipe).
 DEMO_ROW = {
@@ -48,7 +48,7 @@ class Workflow:
     def __init__(self, out: Path, imgsz: int, batch: int) -> None:
         self.out, self.imgsz, self.batch = out, imgsz, batch
         self.data, _ = resolve_data(None, tile=imgsz, progress=print)
-        self.validate = Validator(self.data, imgsz, batch, "cpu", out / "val")
+        self.validate = Validator(self.data, imgsz, batch, "cpu")
         self.rows: list[dict[str, Any]] = []
 
     def train(self, model: str | Path, epochs: int, name: str) -> tuple[Path, float]:
@@ -76,7 +76,7 @@ class Workflow:
         """Validate ``ckpt`` (its training form unless ``converted``: then as Ultralytics fuses it)."""
         net = load(ckpt) if converted else load_unfused(ckpt, trust=False)
         params = count_params(convert_model(net.model) if converted else net.model)
-        maps = self.validate(net, f"val-{len(self.rows)}")
+        maps = self.validate(net)
         row = {"step": step, "mAP50": round(maps["mAP50"], 4), "mAP50-95": round(maps["mAP50-95"], 4)}
         row |= {"time s": round(seconds, 1), "params": f"{params:,}"}
         self.rows.append(row)

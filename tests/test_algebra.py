@@ -7,16 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import TOL, rel_err
 from reparam import algebra
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 FAST = settings(max_examples=25, deadline=None)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
 def random_bn(c: int, dtype: torch.dtype, seed: int, affine: bool = True) -> nn.BatchNorm2d:

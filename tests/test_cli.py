@@ -403,7 +403,7 @@ def test_plot_fonts_serve_dejavu_locally_and_only_inside_the_block(
     from ultralytics.data import utils as data_utils
     from ultralytics.utils import checks, plotting
 
-    from reparam.app import plot_fonts
+    from reparam.yolo.fonts import plot_fonts
 
     monkeypatch.setattr(checks, "USER_CONFIG_DIR", tmp_path)  # no font kept from earlier runs
     calls = _refuse_downloads(monkeypatch)

@@ -7,11 +7,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import reparam
+from conftest import TOL, n_params
 from reparam.blocks.dbb import DBB, BNAndPad, IdentityConv1x1, dbb_internal_width
 from reparam.blocks.registry import get_block
 from reparam.convert import randomize_bn_
-
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 @st.composite
@@ -65,10 +64,6 @@ def test_identity_conv_starts_as_identity_at_both_widths():
     torch.testing.assert_close(doubled, x.repeat_interleave(2, dim=1))
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 @pytest.mark.parametrize(("c1", "c2", "k", "g"), [(8, 16, 3, 1), (8, 8, 3, 2), (8, 8, 3, 8), (16, 8, 5, 8)])
 def test_parameter_count_matches_the_reference_branches(c1, c2, k, g):
     block = DBB(c1, c2, k, g=g)
@@ -78,7 +73,7 @@ def test_parameter_count_matches_the_reference_branches(c1, c2, k, g):
     n += c2 * ig + 2 * c2 if g < c2 else 0  # 1x1 + BN
     n += (c2 * ig + 2 * c2 if g < c2 or c1 != c2 else 0) + 2 * c2  # [1x1 + BN-and-pad] -> avg -> BN
     n += t * ig + 2 * t + c2 * (t // g) * k * k + 2 * c2  # 1x1 -> BN-and-pad -> kxk -> BN
-    assert _count(block) == n
+    assert n_params(block) == n
     assert (block.dbb_1x1 is None) == (g == c2)
 
 

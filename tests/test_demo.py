@@ -55,10 +55,19 @@ def test_demo_end_to_end_on_the_synthetic_dataset(tmp_path: Path, capsys: pytest
         assert f"[{step}/9]" in printed
     with (report / "summary.csv").open() as f:
         rows = {r["metric"]: r for r in csv.DictReader(f)}
-    assert set(next(iter(rows.values()))) == {"metric", "training form", "converted", "plain yolov8n.yaml"}
+    assert set(next(iter(rows.values()))) == {
+        "metric",
+        "training form",
+        "deploy checkpoint",
+        "plain yolov8n.yaml",
+    }
     # conversion keeps the function and removes the branches: converted params equal the plain model's
-    assert rows["params"]["converted"] == rows["params"]["plain yolov8n.yaml"]
-    assert rows["params"]["converted"] != rows["params"]["training form"]
+    assert rows["params"]["deploy checkpoint"] == rows["params"]["plain yolov8n.yaml"]
+    assert rows["params"]["deploy checkpoint"] != rows["params"]["training form"]
+    with (report / "validation.csv").open() as f:
+        forms = [r["form"] for r in csv.DictReader(f)]
+    assert forms == ["training form", "converted in memory (fp32)", "deploy checkpoint"]
+    assert sorted(p.name for p in out.iterdir()) == ["deploy", "report", "train"]  # no empty val-* folders
     with (report / "blocks.csv").open() as f:
         blocks = list(csv.DictReader(f))
     assert blocks and all(float(b["fp64 max_rel"]) <= 1e-10 for b in blocks)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import reparam
-from reparam.blocks import ConvBNAct, QARepVGGBlock, ReparamBlock, RepVGGBlock
+from reparam.blocks import OREPA, ConvBNAct, QARepVGGBlock, ReparamBlock, RepVGGBlock
 from reparam.blocks.efficientrep import (
     BASIC_BLOCKS,
     BepC3,
@@ -203,10 +203,8 @@ def test_basic_block_choice_by_name_and_class():
 
 
 def test_orepa_basic_block_converts_exactly():
-    pytest.importorskip("reparam.blocks.orepa")
-    orepa = resolve_basic_block("OREPA")
     m = BepC3(4, 4, 2, 0.5, "OREPA")
-    assert isinstance(m.m[0].conv1, orepa)
+    assert isinstance(m.m[0].conv1, OREPA) and resolve_basic_block("OREPA") is OREPA
     check_exact(m, torch.randn(2, 4, 6, 6), torch.float64, seed=0)
 
 

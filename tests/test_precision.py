@@ -25,6 +25,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from conftest import rel_err
 from reparam.blocks import (
     DBB,
     OREPA,
@@ -103,11 +104,6 @@ def make_input(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     return xs if name == "BiC" else xs[0]
 
 
-def rel_max_err(got: Tensor, ref: Tensor) -> float:
-    """Largest absolute difference relative to the largest reference magnitude."""
-    return float((got.double() - ref.double()).abs().max() / ref.double().abs().max())
-
-
 def grad_errors(got: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, float]:
     """Per parameter ``|got - ref| / max(|ref|, GRAD_FLOOR * |all of ref|)``."""
     total = float(torch.cat([g.double().flatten() for g in ref.values()]).norm())
@@ -152,7 +148,7 @@ def test_autocast_train_grads_close_to_fp32(name: str, dtype: torch.dtype) -> No
     ref, y32 = fp32_training_step(name)
     got, y = grads_of(make_block(name), make_input(name), dtype)
     assert not torch.equal(y, y32), "autocast changed nothing: the convs did not run in low precision"
-    assert rel_max_err(y.detach(), y32.detach()) <= TRAIN[dtype]
+    assert rel_err(y.detach(), y32.detach()) <= TRAIN[dtype]
     bound = MAXPOOL_GRAD[dtype] if name in MAXPOOL_BLOCKS else TRAIN[dtype]
     for pname, err in grad_errors(got, ref).items():
         assert err <= bound, f"{pname}: gradient error {err:.3g} > {bound:.3g}"
@@ -170,11 +166,11 @@ def test_autocast_eval_and_converted(name: str, dtype: torch.dtype) -> None:
             deployed = reparameterize(block)  # conversion inside autocast still folds in fp32
             y_dep = deployed(x)
     assert not torch.equal(y, y32), "autocast changed nothing: the convs did not run in low precision"
-    assert rel_max_err(y, y32) <= EVAL[dtype]
-    assert rel_max_err(y_dep, y) <= EVAL[dtype]
+    assert rel_err(y, y32) <= EVAL[dtype]
+    assert rel_err(y_dep, y) <= EVAL[dtype]
     with torch.no_grad():
         y_dep32 = deployed(x)
-    assert rel_max_err(y_dep32, y32) <= 1e-5, "conversion under autocast lost fp32 precision"
+    assert rel_err(y_dep32, y32) <= 1e-5, "conversion under autocast lost fp32 precision"
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=["bf16", "fp16"])
@@ -198,8 +194,8 @@ def test_low_precision_model_trains_and_converts(name: str, dtype: torch.dtype) 
         y_dep = deployed(x)
     assert y.dtype == dtype and y_dep.dtype == dtype
     assert all(p.dtype == dtype for p in deployed.parameters())
-    assert rel_max_err(y, y32) <= EVAL[dtype]
-    assert rel_max_err(y_dep, y32) <= EVAL[dtype]
+    assert rel_err(y, y32) <= EVAL[dtype]
+    assert rel_err(y_dep, y32) <= EVAL[dtype]
 
 
 REPARAM_BLOCKS = [n for n in BLOCKS if isinstance(BLOCKS[n](), ReparamBlock)]
@@ -260,8 +256,8 @@ def test_dynamic_algorithms_agree_under_autocast(name: str, dtype: torch.dtype) 
                 outs[algorithm] = block(x)
     assert block.conv.static_bias is not None
     assert outs["grouped"].dtype == outs["unfold"].dtype == dtype
-    assert rel_max_err(outs["unfold"], outs["grouped"]) <= EVAL[dtype]
-    assert rel_max_err(outs["grouped"], y32) <= EVAL[dtype]
+    assert rel_err(outs["unfold"], outs["grouped"]) <= EVAL[dtype]
+    assert rel_err(outs["grouped"], y32) <= EVAL[dtype]
 
 
 def test_deploy_overflow_in_fp16_is_named() -> None:

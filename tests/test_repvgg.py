@@ -7,10 +7,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import reparam
+from conftest import TOL, n_params
 from reparam import QARepVGGBlock, RepVGGBlock
 from reparam.convert import randomize_bn_
-
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 @st.composite
@@ -74,10 +73,6 @@ def test_converted_block_is_one_biased_conv(cls):
         2,
     )
     assert sum(p.numel() for p in block.parameters()) == 8 * 2 * 9 + 8
-
-
-def n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def test_parameter_counts_are_exact():

@@ -16,12 +16,9 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import DetectionModel
 
 import reparam.yolo as ry
+from conftest import n_params
 from reparam import ReparamBlock, verify
 from reparam.yolo.zoo import zoo_path
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _post_yaml(tmp_path: Path, family: str, name: str, edit=lambda s: s) -> Path:
@@ -36,7 +33,7 @@ def _converts_exactly(model: DetectionModel) -> None:
 
 
 def _deploy_params(model: DetectionModel) -> int:
-    return _params(ry.convert_model(model.float().eval()))
+    return n_params(ry.convert_model(model.float().eval()))
 
 
 def test_yolov8_orepa_post_names_its_block_orepaconv_and_gets_pointed_to_orepa(tmp_path: Path) -> None:
@@ -50,10 +47,10 @@ def test_yolov8_orepa_post_names_its_block_orepaconv_and_gets_pointed_to_orepa(t
     model = DetectionModel(
         str(_post_yaml(tmp_path, "yolov8-orepa.yaml", "yolov8n-orepa.yaml")), verbose=False
     )
-    assert _params(model) == 4_070_801
+    assert n_params(model) == 4_070_801
     _converts_exactly(model)
     plain = DetectionModel("yolov8n.yaml", verbose=False).eval().fuse(verbose=False)
-    assert _deploy_params(model) == 3_151_904 == _params(plain)
+    assert _deploy_params(model) == 3_151_904 == n_params(plain)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +61,7 @@ def test_yolov10_dynamicconv_posts_have_their_printed_parameters_at_25_classes(
     tmp_path: Path, family: str, params: int, deploy: int
 ) -> None:
     model = DetectionModel(str(_post_yaml(tmp_path, family, family.replace("yolov10", "yolov10n"))), nc=25)
-    assert _params(model) == params  # as printed in the ParameterNet post
+    assert n_params(model) == params  # as printed in the ParameterNet post
     _converts_exactly(model)
     assert _deploy_params(model) == deploy
 
@@ -77,7 +74,7 @@ def test_yolov8_efficientrep_post_rows_c2f_style_are_rejected_with_the_expected_
     with pytest.raises(ValueError, match=r"RepBlock.*(shortcut|\[c2\])"):
         DetectionModel(str(post), verbose=False)
     model = DetectionModel(str(_post_yaml(tmp_path, "yolov8-efficientrep.yaml", "yolov8n-effrep.yaml")))
-    assert _params(model) == 4_609_376
+    assert n_params(model) == 4_609_376
     _converts_exactly(model)
     assert _deploy_params(model) == 4_265_952
 
@@ -92,6 +89,6 @@ def test_repvgg_with_relu_as_the_repvgg_and_yolov6_posts(tmp_path: Path) -> None
     model = DetectionModel(str(post), verbose=False)
     acts = {type(m.act) for m in model.modules() if isinstance(m, Conv | ReparamBlock)}
     assert acts == {nn.ReLU}
-    assert _params(model) == 3_201_760
+    assert n_params(model) == 3_201_760
     _converts_exactly(model)
     assert _deploy_params(model) == 3_151_904

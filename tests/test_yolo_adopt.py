@@ -133,7 +133,7 @@ def test_round_trip_deploy_is_the_original_fused(source: Path, adopted: dict, to
 
 def test_round_trip_dynamic_stays_dynamic(source: Path, adopted: dict) -> None:
     """DynamicConv has no static deploy form: the experts and router remain (exact parameter excess)."""
-    with pytest.warns(UserWarning, match="fine-tuning rebuilds the model from its YAML"):
+    with pytest.warns(UserWarning, match=r"export\) needs reparam installed"):
         dst = ry.deploy_checkpoint(adopted["dynamic"][0], standalone=False)
     deploy, fused = _model(dst), copy.deepcopy(_model(source)).fuse(verbose=False)
     assert [i for i, m in enumerate(deploy.model) if isinstance(m, DynamicConvBNAct)] == ZOO_ROWS

@@ -20,6 +20,7 @@ from ultralytics.nn import tasks
 from ultralytics.nn.tasks import DetectionModel
 
 import reparam.yolo as ry
+from conftest import n_params
 from reparam.convert import randomize_bn_
 from reparam.io import checkpoint_globals
 
@@ -73,10 +74,6 @@ def scaled(family: str, scale: str) -> str:
     return f"{head}{scale}-{tail}"
 
 
-def nparams(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @functools.cache
 def _built(name: str) -> DetectionModel:
     torch.manual_seed(0)
@@ -111,7 +108,7 @@ def test_zoo_model_builds_by_scaled_name_and_converts_to_exact_counts(family: st
     model = build(name)
     assert model.yaml["scale"] == "n"
     train_params, deploy_params = PARAMS_N[family]
-    assert nparams(model) == train_params
+    assert n_params(model) == train_params
     assert not model.is_fused()
     model.eval()
     randomize_bn_(model, seed=1)
@@ -121,7 +118,7 @@ def test_zoo_model_builds_by_scaled_name_and_converts_to_exact_counts(family: st
         assert ry.convert_model(model) is model
         out = model(x)[0]
     assert model.is_fused() and ry.pending_blocks(model) == []
-    assert nparams(model) == deploy_params
+    assert n_params(model) == deploy_params
     plain = ry.plain_counterpart(name)
     if family == "yolov6-efficientrep.yaml":  # YOLOv6's ReLU, from the YAML's activation key
         assert {type(m) for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU))} == {
@@ -136,7 +133,7 @@ def test_zoo_model_builds_by_scaled_name_and_converts_to_exact_counts(family: st
 def test_plain_fused_counts_match_ultralytics() -> None:
     for plain, count in PLAIN_FUSED_N.items():
         model = build(plain).eval().fuse(verbose=False)
-        assert nparams(model) == count
+        assert n_params(model) == count
 
 
 def _layer_channels(name: str) -> list[int]:
@@ -301,7 +298,7 @@ def test_deploy_checkpoint_is_stock_only_and_equal(name: str, tmp_path) -> None:
     globals_ = checkpoint_globals(out)  # every global the file names, allow-listed or not
     assert globals_ and not [g for g in globals_ if g.startswith("reparam")]
     deployed = torch.load(out, map_location="cpu", weights_only=False)["model"]
-    assert nparams(deployed) == PARAMS_N[ry.zoo_path(name).name][1]
+    assert n_params(deployed) == PARAMS_N[ry.zoo_path(name).name][1]
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         ref, got = model(x)[0], deployed(x)[0]

@@ -3,7 +3,8 @@
 
 Every subcommand has ``--help`` listing its keys and defaults. Exit codes: 0 success, 1 a check failed
 (verify, export, demo), 2 bad input: an unknown key or a bad value, or a ValueError / missing, unreadable or
-wrong-kind file raised by the app for the given arguments, printed as one line ``reparam <cmd>: error: ...``
+wrong-kind file raised by the app for the given arguments, or a module of an extra the command needs
+(``needs the yolo extra: pip install "reparam[yolo]"``), printed as one line ``reparam <cmd>: error: ...``
 (``reparam --debug <cmd>`` or ``REPARAM_DEBUG=1`` shows the traceback instead). Warnings (e.g. ``imgsz``
 rounded up to the stride) print as one line on stderr. Heavy imports (torch, ultralytics) happen only when a
 command runs.
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reparam.extras import missing_extra, require
 from reparam.options import (
     TRUE,
     Command,
@@ -138,6 +140,8 @@ def _cmd_adopt(o: dict[str, Any]) -> int:
 def _cmd_study(o: dict[str, Any]) -> int:
     from reparam.app.study import study
 
+    if o["int8"]:
+        require("onnx", "onnxruntime")  # before any training
     study(**o, progress=_print)
     return 0
 
@@ -389,6 +393,15 @@ def _warnings_to_stderr(command: str) -> logging.Handler:
     return handler
 
 
+def _needs_extra(command: str, error: ModuleNotFoundError, debug: bool) -> int:
+    """A module of an optional extra is missing: one line naming the extra, exit 2 (else: re-raised)."""
+    missing = missing_extra(error)
+    if missing is None or debug:
+        raise error
+    print(f"reparam {command}: error: {missing}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reparam`` console script; returns the process exit code.
 
@@ -407,11 +420,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parsers[cmd.name].error(
             f"unrecognized arguments: {' '.join(extras)} (arguments are key=value pairs, e.g. imgsz=320)"
         )
+    debug = ns.debug or os.environ.get("REPARAM_DEBUG", "").lower() in TRUE
     try:
         options = parse_options(cmd, ns.args)
     except ValueError as e:
         parsers[cmd.name].error(str(e))
-    debug = ns.debug or os.environ.get("REPARAM_DEBUG", "").lower() in TRUE
+    except ModuleNotFoundError as e:  # train's Ultralytics keys need the yolo extra
+        return _needs_extra(cmd.name, e, debug)
     handler = _warnings_to_stderr(cmd.name)
     try:
         return cmd.run(options)
@@ -420,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"reparam {cmd.name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        return _needs_extra(cmd.name, e, debug)
     finally:
         logging.getLogger("reparam").removeHandler(handler)
 

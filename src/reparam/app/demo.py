@@ -8,13 +8,14 @@ form's within ``MAP_TOL``; ``MAP_TOL_FP16`` for a checkpoint stored in fp16), 7.
 params and FLOPs of the training form, the converted form and the plain Ultralytics model, 8. ONNX export
 checked in onnxruntime, 9. report (:mod:`reparam.app.report`).
 
-Files: the demo owns its ``out`` folder (``train/``, ``val-*/``, ``deploy/``, ``report/``), and a re-run
+Files: the demo owns its ``out`` folder (``train/``, ``deploy/``, ``report/``), and a re-run
 replaces what an earlier run wrote there, so the command can be repeated as is. Every checkpoint it reads
 (``model`` and the files it wrote) is read without running code from it unless ``trust=True``.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 import types
 from collections.abc import Iterator
@@ -31,9 +32,16 @@ from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
 from reparam.app.data import resolve_data
 from reparam.app.export import ONNX_RTOL, OnnxCheck, check_onnx, export_onnx, onnx_ops
-from reparam.app.fonts import plot_fonts
 from reparam.app.models import load, plain_model, stride_imgsz
-from reparam.app.report import BASELINE, Checks, DemoReport, summary_rows, write_demo_report
+from reparam.app.report import (
+    BASELINE,
+    CONVERTED,
+    DEPLOYED,
+    Checks,
+    DemoReport,
+    summary_rows,
+    write_demo_report,
+)
 from reparam.app.train import TrainResult, train
 from reparam.bench.profile import FormProfile, format_profiles, profile_forms
 from reparam.checks import strict_bools
@@ -41,6 +49,7 @@ from reparam.io import atomic_path
 from reparam.text import Progress, say
 from reparam.verification import VerifyReport, default_rtol, relative_error, verify
 from reparam.yolo import convert_model, deploy_checkpoint
+from reparam.yolo.fonts import plot_fonts
 from reparam.yolo.safety import load_ultralytics_checkpoint, ultralytics_safe_load
 
 __all__ = ["MAP_TOL", "MAP_TOL_FP16", "DemoResult", "Validator", "load_unfused", "run_demo"]
@@ -86,19 +95,20 @@ class _StageClock:
 
 @dataclass
 class Validator:
-    """Ultralytics validation on the demo's data and settings; one run folder per form under ``out``."""
+    """Ultralytics validation on the demo's data and settings. The metrics are the result: Ultralytics'
+    run folder (empty with ``plots=False``) goes to a temporary folder, removed afterwards."""
 
     data: Path
     imgsz: int
     batch: int
     device: str
-    out: Path
 
-    def __call__(self, net: YOLO, name: str) -> dict[str, float]:
-        metrics = net.val(
-            data=str(self.data), imgsz=self.imgsz, batch=self.batch, device=self.device, plots=False,
-            verbose=False, project=str(self.out), name=name, exist_ok=True,
-        )  # fmt: skip
+    def __call__(self, net: YOLO) -> dict[str, float]:
+        with tempfile.TemporaryDirectory(prefix="reparam-val-") as tmp:
+            metrics = net.val(
+                data=str(self.data), imgsz=self.imgsz, batch=self.batch, device=self.device, plots=False,
+                verbose=False, project=tmp, name="val",
+            )  # fmt: skip
         box = metrics.box
         return {
             "mAP50": float(box.map50),
@@ -171,8 +181,8 @@ def _validate_converted(
     in_memory = load(best, trust=trust)
     convert_model(in_memory.model)
     return {
-        "converted fp32": validate(in_memory, "val-converted"),
-        "converted": validate(load(deploy_pt, trust=trust), "val-deploy"),
+        CONVERTED: validate(in_memory),
+        DEPLOYED: validate(load(deploy_pt, trust=trust)),
     }
 
 
@@ -186,8 +196,10 @@ def _export(
     if plain is None:
         return onnx_path, onnx_check, None
     plain_pt = deploy_pt.parent / f"plain-{Path(plain[0]).stem}.pt"
+    net = YOLO(plain[0], verbose=False)
+    net.model = plain[1]  # the plain model with the demo's classes (the YAML alone builds 80)
     with atomic_path(plain_pt, overwrite=True) as tmp:
-        YOLO(plain[0], verbose=False).save(tmp)
+        net.save(tmp)
     return onnx_path, onnx_check, onnx_ops(export_onnx(plain_pt, imgsz, overwrite=True)) == onnx_check.ops
 
 
@@ -214,9 +226,9 @@ def _checks(
             f"max_abs {proof.file_abs:.2e}, max_rel {proof.file_rel:.2e} (rtol {file_tol:.0e}: weights "
             f"stored in {dtype}; {len(proof.x)} val images)",
         ),
-        "converted (fp32) mAP matches training form": _map_check(maps, "converted fp32", MAP_TOL),
+        "converted (fp32) mAP matches training form": _map_check(maps, CONVERTED, MAP_TOL),
         "deploy mAP matches training form": _map_check(
-            maps, "converted", deploy_tol, f", deploy checkpoint in {dtype}"
+            maps, DEPLOYED, deploy_tol, f", deploy checkpoint in {dtype}"
         ),
         "ONNX in onnxruntime matches PyTorch": (
             onnx_check.ok, f"max_rel {onnx_check.max_rel:.2e} (rtol {ONNX_RTOL:.0e})"
@@ -231,13 +243,19 @@ def _checks(
 
 
 def _train(
-    model: str, data: Path, epochs: int, validate: Validator, trust: bool, progress: Progress | None
+    model: str,
+    data: Path,
+    epochs: int,
+    validate: Validator,
+    out: Path,
+    trust: bool,
+    progress: Progress | None,
 ) -> TrainResult:
     """Stage 2. nbs=batch: one optimizer step per batch. Ultralytics' default (nbs=64) accumulates 64
     images per step, which on ~100 tiles leaves ~1.5 steps per epoch and a detector that learns nothing."""
     v = validate
     return train(
-        model, data, epochs, v.imgsz, v.batch, v.device, project=v.out, name="train", exist_ok=True,
+        model, data, epochs, v.imgsz, v.batch, v.device, project=out, name="train", exist_ok=True,
         nbs=v.batch, plots=False, amp=False, seed=0, deterministic=True, progress=progress, trust=trust,
     )  # fmt: skip
 
@@ -251,7 +269,7 @@ def _benchmark(
     progress: Progress | None,
 ) -> list[FormProfile]:
     """Stage 7: params, FLOPs and interleaved latency of the training form, the deploy form and plain."""
-    forms = {BASELINE: proof.train_form, "converted": proof.deploy_form}
+    forms = {BASELINE: proof.train_form, DEPLOYED: proof.deploy_form}
     if plain is not None:
         forms[f"plain {plain[0]}"] = plain[1]
     profiles = profile_forms(forms, imgsz, batches, rounds, progress)
@@ -283,11 +301,11 @@ def run_demo(
     with plot_fonts(), ultralytics_safe_load(trust):
         with stage("data", "data"):
             data_yaml, data_desc = resolve_data(data, tile=imgsz, progress=progress)
-        validate = Validator(data_yaml, imgsz, batch, device, out)
+        validate = Validator(data_yaml, imgsz, batch, device)
         with stage("train", f"train {model} for {epochs} epochs at {imgsz}px on {device}"):
-            run = _train(model, data_yaml, epochs, validate, trust, progress)
+            run = _train(model, data_yaml, epochs, validate, out, trust, progress)
         with stage("validate training form", "validate the training form (unconverted)"):
-            maps = {BASELINE: validate(load_unfused(run.best, trust), "val-train")}
+            maps = {BASELINE: validate(load_unfused(run.best, trust))}
         with stage("convert", "convert: deploy checkpoint"):
             deploy_pt = out / "deploy" / f"{Path(model).stem}-deploy.pt"
             deploy_checkpoint(run.best, deploy_pt, overwrite=True, trust=trust)

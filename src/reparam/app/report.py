@@ -27,9 +27,21 @@ from reparam.io import atomic_path, atomic_write_text
 from reparam.text import text_table
 from reparam.verification import VerifyReport
 
-__all__ = ["BASELINE", "DemoReport", "summary_rows", "write_bench_report", "write_demo_report"]
+__all__ = [
+    "BASELINE",
+    "CONVERTED",
+    "DEPLOYED",
+    "DemoReport",
+    "summary_rows",
+    "write_bench_report",
+    "write_demo_report",
+]
 
 BASELINE = "training form"
+CONVERTED = "converted in memory (fp32)"
+DEPLOYED = "deploy checkpoint"
+"""The demo's forms as its report names them: BASELINE is trained, CONVERTED the same model converted in
+memory, DEPLOYED the file ``deploy_checkpoint`` wrote (loaded back)."""
 """The form every latency ratio is relative to."""
 
 Checks = dict[str, tuple[bool, str]]

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from reparam.app.data import resolve_data
-from reparam.app.fonts import plot_fonts
 from reparam.app.models import check_checkpoint, load, stride_imgsz
 from reparam.checks import strict_bools
 from reparam.text import Progress
 from reparam.yolo import ReparamDetectionTrainer
+from reparam.yolo.fonts import plot_fonts
 from reparam.yolo.safety import ultralytics_safe_load
 
 __all__ = ["TrainResult", "train"]
@@ -46,7 +46,7 @@ def train(
 ) -> TrainResult:
     """Ultralytics training with reparam's trainer (``ReparamDetectionTrainer``); default data: DeepForest.
 
-    Plots find their font locally (:func:`reparam.app.fonts.plot_fonts`); ``imgsz`` is rounded up to the
+    Plots find their font locally (:func:`reparam.yolo.fonts.plot_fonts`); ``imgsz`` is rounded up to the
     stride. Every checkpoint it reads (``model``, a ``resume=`` or ``pretrained=`` path, and what Ultralytics
     reloads during and after training) is read without running code from it unless ``trust=True``.
     """

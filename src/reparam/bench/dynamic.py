@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from reparam.bench.latency import Timing, compare_latency
 from reparam.blocks.dynamic import DynamicConv
+from reparam.verification import relative_error
 
 __all__ = [
     "YOLO_LAYERS",
@@ -182,7 +183,7 @@ def compare_dynamic_latency(
             x = torch.randn(batch, layer.c1, layer.size, layer.size)
             with torch.no_grad():
                 want, got = ref(x), ours(x)
-            err = float((got - want).abs().max() / want.abs().max())
+            err = relative_error(want, got)[1]  # inf for NaN/Inf anywhere: never passes
             if err > 1e-5:
                 raise RuntimeError(f"{layer} batch {batch}: output differs from timm's ({err:.2e})")
             if progress is not None:

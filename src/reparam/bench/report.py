@@ -10,14 +10,15 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from reparam.bench.profile import FormProfile
 from reparam.checks import strict_bools
 from reparam.io import atomic_path
 from reparam.text import columns
+
+if TYPE_CHECKING:  # matplotlib is imported by the plotting functions only (tables and CSV need none)
+    from matplotlib.figure import Figure
 
 __all__ = [
     "PLOT_RC",
@@ -65,6 +66,9 @@ def read_results_csv(path: Path) -> dict[str, list[float]]:
 
 def new_figure(w: float, h: float) -> Figure:
     """A matplotlib figure on the Agg canvas (no pyplot state), sized ``w`` x ``h`` inches."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(w, h), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -163,5 +167,6 @@ def plot_block_errors(
         ax.set(
             title="conversion error per block (max |deploy - train| / max |train|)", ylabel="relative error"
         )
-        ax.legend(fontsize=7)
+        # beside the axes, not over them: inside, the legend covered the last bars
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         return _save(fig, png, overwrite)

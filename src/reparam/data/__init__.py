@@ -1,6 +1,4 @@
-"""Dataset preparation: the DeepForest default data set and tiny generated detection sets for tests."""
-
-from reparam.data.deepforest import prepare_deepforest
-from reparam.data.synthetic import make_synthetic_dataset
-
-__all__ = ["make_synthetic_dataset", "prepare_deepforest"]
+"""Dataset preparation: the DeepForest default data set (``reparam.data.deepforest``, needs the yolo extra),
+tiny generated detection sets for tests (``reparam.data.synthetic``) and Fashion-MNIST
+(``reparam.data.fashion_mnist``, core only). Import the submodule you need: this package imports none.
+"""

@@ -3,6 +3,7 @@ deploy latency with error bars. Every file is written to a temporary name in ``o
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import statistics
@@ -239,7 +240,11 @@ def write_report(
     # run_study refused an existing report before training unless overwrite=True: replacing is decided.
     write_csv(files["runs"], run_rows, overwrite=True)
     write_csv(files["summary"], summary, overwrite=True)
-    with atomic_path(files["plot"], overwrite=True) as tmp:
-        _plot(tmp, summary, profiles, study)
+    if importlib.util.find_spec("matplotlib") is None:  # the core install: tables and CSV only
+        files.pop("plot")
+        study.notes.append("study.png not drawn: matplotlib is not installed (pip install matplotlib)")
+    else:
+        with atomic_path(files["plot"], overwrite=True) as tmp:
+            _plot(tmp, summary, profiles, study)
     atomic_write_text(_markdown(task, study, runs, summary, config), files["markdown"], overwrite=True)
     return files

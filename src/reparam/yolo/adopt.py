@@ -128,6 +128,27 @@ def zoo_rows(cfg: dict[str, Any], to: str) -> tuple[list[int], str]:
     )
 
 
+def _refuse_adopted(rows: list[list[Any]], to: str, all3x3: list[int]) -> None:
+    """where='zoo' on a model whose rows already name one-conv reparam blocks (a zoo model or an adopted
+    checkpoint): ValueError saying what it holds and what where='all3x3' / row indices would do instead."""
+    held = [(i, str(r[2])) for i, r in enumerate(rows) if str(r[2]) in _ZOO_NAMES]
+    if not held:
+        return
+    names = sorted({name for _, name in held})
+    block = FAMILY_BLOCKS[to]
+    already = f"it already holds {block} blocks" if block in names else f"it holds {', '.join(names)} blocks"
+    rest = (
+        f"where='all3x3' would replace its {len(all3x3)} remaining 3x3 Conv rows {all3x3} by {block}, "
+        "and row indices pick some of them"
+        if all3x3
+        else "it has no 3x3 Conv row left for where='all3x3' or row indices"
+    )
+    raise ValueError(
+        f"where='zoo': the model's rows {[i for i, _ in held]} are reparam blocks already ({already}), so "
+        f"there is no zoo replacement left to make; {rest}"
+    )
+
+
 def select_rows(model: nn.Module, to: str, where: str | Sequence[int]) -> tuple[list[int], str | None]:
     """Row indices of Ultralytics ``model`` to adopt, and the zoo YAML they come from (``where='zoo'``).
 
@@ -136,14 +157,15 @@ def select_rows(model: nn.Module, to: str, where: str | Sequence[int]) -> tuple[
     """
     rows, layers = _rows(model.yaml), model.model
     if isinstance(where, str):
+        all3x3 = [
+            i for i, (row, m) in enumerate(zip(rows, layers, strict=True))
+            if row[2] == "Conv" and tuple(m.conv.kernel_size) == (3, 3)
+        ]  # fmt: skip
         if where == "zoo":
+            _refuse_adopted(rows, to, all3x3)
             return zoo_rows(model.yaml, to)
         if where == "all3x3":
-            picked = [
-                i for i, (row, m) in enumerate(zip(rows, layers, strict=True))
-                if row[2] == "Conv" and tuple(m.conv.kernel_size) == (3, 3)
-            ]  # fmt: skip
-            return picked, None
+            return all3x3, None
         raise ValueError(f"where={where!r} must be one of {list(WHERE)} or a list of Conv row indices")
     if not where or not all(isinstance(i, int) and not isinstance(i, bool) for i in where):
         raise ValueError(f"where={where!r}: row indices must be a non-empty list of ints")

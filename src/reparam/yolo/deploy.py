@@ -152,7 +152,7 @@ def deploy_checkpoint(
         )
     for p in model.parameters():
         p.requires_grad_(False)
-    note = _fine_tune_note(model)
+    note = _load_note(model, remaining)
     out = {k: v for k, v in ckpt.items() if k not in ("ema", "optimizer", "updates", "scaler")}
     out.update(model=model, ema=None, optimizer=None, reparam_deploy={"source": str(src), "fine_tune": note})
     with atomic_path(dst, overwrite=overwrite) as tmp:
@@ -175,8 +175,15 @@ def _prove_standalone(path: Path, dst: Path) -> None:
         raise ValueError(f"deploy checkpoint {dst} would not load without reparam: {e}") from None
 
 
-def _fine_tune_note(model: nn.Module) -> str:
-    """What fine-tuning the deploy checkpoint needs: its YAML rebuilds the model, naming reparam blocks."""
+def _load_note(model: nn.Module, remaining: list[str]) -> str:
+    """What using the deploy checkpoint needs: loading it, when reparam modules remain (DynamicConv); else
+    fine-tuning, which rebuilds the model from its YAML when that names reparam blocks."""
+    if remaining:
+        return (
+            f"it holds reparam modules ({', '.join(remaining)}): loading it (YOLO(path), predict, val, "
+            "export) needs reparam installed, and fine-tuning, which rebuilds the model from its YAML, "
+            "`import reparam.yolo` first"
+        )
     cfg = getattr(model, "yaml", None)
     if not isinstance(cfg, dict):
         return ""
