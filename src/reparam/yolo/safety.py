@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reparam.io import AllowEntry, global_name, load_checkpoint
+from reparam.io import AllowEntry, UnsafeCheckpointError, global_name, load_checkpoint
 from reparam.text import first_line
 
 __all__ = [
@@ -154,7 +154,41 @@ def _ultralytics_safe_entries() -> dict[str, AllowEntry]:
     entries: dict[str, AllowEntry] = {name: (obj, name) for name, obj in safe_load._build().items()}
     float64 = type(np.dtype(np.float64))  # what numpy.dtype rebuilds to; Ultralytics adds it the same way
     entries[global_name(float64)] = float64
+    for name in [n for n, e in entries.items() if isinstance(e, tuple) and n.endswith("multiarray.scalar")]:
+        entries[name] = (_numpy_scalar, name)
+    entries["numpy.dtype"] = (_numpy_dtype, "numpy.dtype")
     return entries
+
+
+_NUMERIC = "biufc"  # numpy kinds of the scalars checkpoints hold: bool, int, uint, float, complex
+
+
+def _numpy_dtype(spec: Any, align: Any = False, copy: Any = False) -> Any:
+    """``numpy.dtype`` as a checkpoint may call it: numeric types only (a ``V2000000000`` void type makes
+    the next scalar allocate gigabytes from a tiny file)."""
+    import numpy as np
+
+    dtype = np.dtype(spec) if isinstance(spec, str) and len(spec) <= 4 else None
+    if dtype is None or dtype.kind not in _NUMERIC or dtype.itemsize > 16:
+        raise UnsafeCheckpointError(
+            f"asks numpy for dtype {_short(spec)}; only numeric types (bool, int, float, complex) are "
+            "accepted"
+        )
+    return np.dtype(spec, bool(align), bool(copy))
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    """numpy's scalar rebuild as a checkpoint may call it: a numeric dtype and exactly its bytes."""
+    import numpy as np
+
+    ok = isinstance(dtype, np.dtype) and dtype.kind in _NUMERIC and isinstance(data, bytes)
+    if not ok or len(data) != dtype.itemsize:
+        size = len(data) if isinstance(data, bytes) else 0
+        raise UnsafeCheckpointError(
+            f"asks numpy for a scalar of dtype {_short(dtype)} from {size} bytes; only numeric scalars of "
+            "their exact size are accepted"
+        )
+    return np.float64(0).__reduce__()[0](dtype, data)
 
 
 # ------------------------------------------------------------------------------- model YAMLs read from files
