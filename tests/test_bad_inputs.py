@@ -345,7 +345,7 @@ def unmappable(tmp: Path) -> Action:
 
 CK = r"checkpoint '.*ckpt\.pt' "
 UNREADABLE = CK + r"is not a readable torch checkpoint \(empty, truncated or corrupt\?\)"
-UNSAFE = CK + r"asks for {}, which is not on the allow-list .* pass trust=True"
+UNSAFE = CK + r"asks for {}, which can run code .* not even with trust=True"
 CHECKPOINTS = [
     case("load_checkpoint-missing", reader(load_checkpoint, "missing"), ValueError, CK + "does not exist"),
     case("load_checkpoint-directory", reader(load_checkpoint, "directory"), ValueError, CK + "is not a file"),
