@@ -163,7 +163,7 @@ def test_ultralytics_loads_in_safe_mode_behind_our_check(
     assert type(load(files / "model.pt").model).__name__ == "DetectionModel"
     assert seen == [True] and tasks.SAFE_LOAD is False
     path, marker = _evil(tmp_path, "pathlib.Path")
-    monkeypatch.setattr(app_models, "load_ultralytics_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(app_models, "check_checkpoint", lambda *a, **k: None)
     with pytest.raises(ValueError, match="references types outside the supported Ultralytics checkpoint"):
         load(path)
     assert not marker.exists()

@@ -15,7 +15,7 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import torch
 from torch import nn
@@ -270,7 +270,10 @@ def load_checkpoint(
                 f"checkpoint {str(file)!r} calls the constructor of {name} (torch.save never does it: "
                 "saved models are rebuilt without constructors, which build from the file's text); refused"
             )
-    return _load_weights_only(file, [table[n] for n in dict.fromkeys(names) if n in table])
+    entries = [table[n] for n in dict.fromkeys(names) if n in table]
+    if not zipfile.is_zipfile(file):
+        return _load_legacy(file, {name: _target(table[name]) for name in names if name in table})
+    return _load_weights_only(file, entries)
 
 
 def runs_code(name: str) -> bool:
@@ -310,9 +313,7 @@ def _readable(path: str | os.PathLike[str]) -> Path:
 
 
 def _torch_default_globals() -> set[str]:
-    from torch import _weights_only_unpickler
-
-    return set(_weights_only_unpickler._get_allowed_globals())
+    return set(_weights_only_defaults())
 
 
 def _load_weights_only(file: Path, entries: list[AllowEntry]) -> Any:
@@ -338,6 +339,45 @@ def _load_weights_only(file: Path, entries: list[AllowEntry]) -> Any:
         finally:
             torch.serialization.clear_safe_globals()
             torch.serialization.add_safe_globals(registered)
+
+
+class _NoUnpickler(pickle.Unpickler):
+    """Python's unpickler with no globals at all (the base of the restricted legacy loader)."""
+
+    allowed: ClassVar[dict[str, Any]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = _mapped(module, name)
+        if full not in self.allowed:
+            raise pickle.UnpicklingError(f"{full} is not on the allow-list")
+        return self.allowed[full]
+
+
+def _load_legacy(file: Path, table: dict[str, Any]) -> Any:
+    """A legacy (non-zip) ``torch.save`` file, already scanned: torch's weights-only unpickler refuses the
+    module records such files hold, so Python's unpickler runs with globals restricted to the same set
+    (torch's weights-only defaults and the allow-list entries the scan found)."""
+    allowed = {**_weights_only_defaults(), **table}
+    unpickler = type("_Restricted", (_NoUnpickler,), {"allowed": allowed})
+    module = type(pickle)("reparam_restricted_pickle")
+    module.Unpickler = unpickler  # type: ignore[attr-defined]
+    module.load = lambda fh, **kw: unpickler(fh, **kw).load()  # type: ignore[attr-defined]
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False, pickle_module=module)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"checkpoint {str(file)!r} {e}") from None
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"checkpoint {str(file)!r} cannot be loaded ({first_line(e)}); refused"
+        ) from e
+    except Exception as e:
+        raise _unreadable(file, e) from e
+
+
+def _weights_only_defaults() -> dict[str, Any]:
+    from torch import _weights_only_unpickler
+
+    return dict(_weights_only_unpickler._get_allowed_globals())
 
 
 def _load_trusted(file: Path) -> Any:

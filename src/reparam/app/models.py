@@ -29,6 +29,7 @@ from reparam.yolo.safety import (
     check_model_cfg,
     check_ultralytics_checkpoint,
     load_ultralytics_checkpoint,
+    preloaded_checkpoint,
     read_model_yaml,
     ultralytics_safe_load,
 )
@@ -60,17 +61,21 @@ _UNREADABLE = (
 )  # fmt: skip
 
 
-def check_checkpoint(path: str | Path, *, trust: bool = False) -> None:
+def check_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
     """Refuse a checkpoint before Ultralytics reads it: missing, a directory, unreadable, (unless ``trust``)
     asking for a global off the allow-list (``UnsafeCheckpointError`` naming it), holding no Ultralytics
-    model, or whose model YAML fails :func:`reparam.yolo.safety.check_model_cfg` (sizes bounded, no code)."""
+    model, or whose model YAML fails :func:`reparam.yolo.safety.check_model_cfg` (sizes bounded, no code).
+    Returns the checkpoint read (None with ``trust``: the file is left to Ultralytics)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"model checkpoint {path} does not exist (reparam never downloads weights)")
     if path.is_dir():
         raise ValueError(f"model checkpoint {path} is a directory, expected a .pt file")
-    if not trust:  # a trusted file is unpickled once, by Ultralytics, not twice
-        check_ultralytics_checkpoint(load_ultralytics_checkpoint(path), str(path))
+    if trust:  # a trusted file is unpickled once, by Ultralytics, not twice
+        return None
+    ckpt = load_ultralytics_checkpoint(path)
+    check_ultralytics_checkpoint(ckpt, str(path))
+    return ckpt
 
 
 def check_model_yaml(path: Path) -> None:
@@ -104,12 +109,14 @@ def load(model: str | Path, *, trust: bool = False) -> YOLO:
     if path.suffix.lower() not in _MODEL_SUFFIXES:
         raise ValueError(f"model={name}: unsupported file type, expected a zoo name, a .yaml or a .pt file")
     is_checkpoint = path.suffix.lower() == ".pt"
+    legacy = None  # a legacy (non-zip) checkpoint: Ultralytics takes what we read instead of reading it
     if is_checkpoint:
-        check_checkpoint(path, trust=trust)
+        ckpt = check_checkpoint(path, trust=trust)
+        legacy = ckpt if ckpt is not None and not zipfile.is_zipfile(path) else None
     elif path.is_file():
         check_model_yaml(path)
     try:
-        with ultralytics_safe_load(trust):
+        with ultralytics_safe_load(trust), preloaded_checkpoint(legacy):
             return YOLO(name, verbose=False)
     except FileNotFoundError as e:
         if is_checkpoint:

@@ -27,6 +27,7 @@ __all__ = [
     "checkpoint_allow_list",
     "expanded_size",
     "load_ultralytics_checkpoint",
+    "preloaded_checkpoint",
     "read_model_yaml",
     "ultralytics_safe_load",
 ]
@@ -79,6 +80,24 @@ def _holds(obj: Any) -> str:
             return f"a state dict of {len(keys)} tensors ({shown})"
         return f"a dict with keys {shown}" if keys else "an empty dict"
     return f"a {type(obj).__name__}"
+
+
+@contextlib.contextmanager
+def preloaded_checkpoint(ckpt: Any) -> Iterator[None]:
+    """Within the block Ultralytics' loader (``YOLO(path)``) takes ``ckpt``, already read and checked,
+    instead of reading the file again: for a legacy (non-zip) file, which its weights-only mode cannot read
+    (module records). ``None`` changes nothing."""
+    if ckpt is None:
+        yield
+        return
+    import ultralytics.nn.tasks as tasks
+
+    original = tasks.torch_safe_load
+    tasks.torch_safe_load = lambda weight, *args, **kwargs: (ckpt, str(weight))
+    try:
+        yield
+    finally:
+        tasks.torch_safe_load = original
 
 
 @contextlib.contextmanager
