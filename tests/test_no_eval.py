@@ -28,6 +28,7 @@ from reparam.app import describe, load, verify_model
 from reparam.app.adopt import adopt as app_adopt
 from reparam.cli import main
 
+Capture = pytest.CaptureFixture[str]
 ROWS = {
     "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]]],
     "head": [[-1, 1, "Conv", [16, 3, 2]], [[2], 1, "Detect", ["nc"]]],
@@ -88,7 +89,9 @@ def _checkpoint(tmp: Path, trick: str) -> tuple[Path, Path]:
     if trick == "activation":
         cfg["activation"] = _code(marker)
     else:
-        cfg["backbone"][0][3] = [64, 3, 2, _code(marker)] if trick == "block act" else [64, 3, _code(marker, "2")]
+        cfg["backbone"][0][3] = (
+            [64, 3, 2, _code(marker)] if trick == "block act" else [64, 3, _code(marker, "2")]
+        )
     path = tmp / "evil.pt"
     torch.save({"model": model, "train_args": {}}, path)
     return path, marker
@@ -97,7 +100,7 @@ def _checkpoint(tmp: Path, trick: str) -> tuple[Path, Path]:
 def test_the_trick_is_live(tmp_path: Path) -> None:
     """The tests below can fail: Python's eval of the activation text runs it."""
     marker = tmp_path / "MARKER"
-    assert isinstance(eval(_code(marker), {"nn": nn}), nn.SiLU)  # noqa: S307  (the point of the test)
+    assert isinstance(eval(_code(marker), {"nn": nn}), nn.SiLU)  # the point of the test
     assert marker.exists()
 
 
@@ -124,7 +127,11 @@ def _cli_refuses(argv: list[str], marker: Path, rule: str, capsys: pytest.Captur
 @pytest.mark.parametrize("trick", TRICKS)
 @pytest.mark.parametrize("entry", list(CLI))
 def test_cli_refuses_code_in_a_model_yaml(
-    entry: str, trick: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    entry: str,
+    trick: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "0")  # our refusal does not depend on Ultralytics' switch
@@ -135,7 +142,11 @@ def test_cli_refuses_code_in_a_model_yaml(
 @pytest.mark.parametrize("trick", ["activation", "conv arg", "block act"])
 @pytest.mark.parametrize("entry", ["info", "verify", "adopt", "train"])
 def test_cli_refuses_code_in_a_checkpoints_yaml(
-    entry: str, trick: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    entry: str,
+    trick: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "0")
@@ -186,7 +197,12 @@ def test_a_module_name_must_be_a_model_layer(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("activation", "expected"),
-    [("nn.ReLU()", nn.ReLU), ("nn.LeakyReLU(0.1)", nn.LeakyReLU), ("relu", nn.ReLU), ("torch.nn.SiLU()", nn.SiLU)],
+    [
+        ("nn.ReLU()", nn.ReLU),
+        ("nn.LeakyReLU(0.1)", nn.LeakyReLU),
+        ("relu", nn.ReLU),
+        ("torch.nn.SiLU()", nn.SiLU),
+    ],
 )
 def test_activations_as_users_write_them_still_build(activation: str, expected: type, tmp_path: Path) -> None:
     cfg = {"nc": 2, "activation": activation, **copy.deepcopy(ROWS)}

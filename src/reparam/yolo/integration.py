@@ -44,6 +44,7 @@ import functools
 import importlib
 import inspect
 import linecache
+import logging
 import pkgutil
 import textwrap
 from collections.abc import Callable, Iterator
@@ -278,11 +279,15 @@ def _no_eval(tasks: ModuleType, act: nn.Module | None) -> Iterator[None]:
 
 def _check_budget(patched: Callable[..., Any], d: dict, ch: int, source: str) -> None:
     """Build the rows once on the meta device (no memory) and refuse more than ``MAX_PARAMS`` parameters."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.ERROR)  # its warnings (e.g. "no model scale") come once, from the real build
     try:
-        with torch.device("meta"):
+        with torch.device("meta"):  # a row that fails fails here, before any real row has taken memory
             layers, _ = patched(copy.deepcopy(d), ch, False)
-    except Exception:  # the real build below raises the same error, named by row
-        return
+    finally:
+        LOGGER.setLevel(level)
     params = sum(p.numel() for p in layers.parameters())
     if params > MAX_PARAMS:
         biggest = max(layers, key=lambda m: sum(p.numel() for p in m.parameters()))
