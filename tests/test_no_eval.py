@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,6 @@ from reparam.app import describe, load, verify_model
 from reparam.app.adopt import adopt as app_adopt
 from reparam.cli import main
 
-Capture = pytest.CaptureFixture[str]
 ROWS = {
     "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]]],
     "head": [[-1, 1, "Conv", [16, 3, 2]], [[2], 1, "Detect", ["nc"]]],
@@ -115,18 +115,16 @@ CLI = {
 }
 
 
-def _cli_refuses(argv: list[str], marker: Path, rule: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    assert pytest.importorskip("re").search(rule, err), err
-    assert not marker.exists()
+CASES = [("yaml", entry, trick) for entry in CLI for trick in TRICKS] + [
+    ("checkpoint", entry, trick)
+    for entry in ("info", "verify", "adopt", "train")
+    for trick in ("activation", "conv arg", "block act")
+]
 
 
-@pytest.mark.parametrize("trick", TRICKS)
-@pytest.mark.parametrize("entry", list(CLI))
-def test_cli_refuses_code_in_a_model_yaml(
+@pytest.mark.parametrize(("kind", "entry", "trick"), CASES)
+def test_cli_refuses_code(
+    kind: str,
     entry: str,
     trick: str,
     tmp_path: Path,
@@ -135,24 +133,18 @@ def test_cli_refuses_code_in_a_model_yaml(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "0")  # our refusal does not depend on Ultralytics' switch
-    path, marker = _yaml_file(tmp_path, trick)
-    _cli_refuses([a.format(f=path) for a in CLI[entry]], marker, FIELD[trick], capsys)
-
-
-@pytest.mark.parametrize("trick", ["activation", "conv arg", "block act"])
-@pytest.mark.parametrize("entry", ["info", "verify", "adopt", "train"])
-def test_cli_refuses_code_in_a_checkpoints_yaml(
-    entry: str,
-    trick: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "0")
-    path, marker = _checkpoint(tmp_path, trick)
-    field = "activation: " if trick == "activation" else r"backbone row 0 args\[\d\]="
-    _cli_refuses([a.format(f=path) for a in CLI[entry]], marker, rf"model\.yaml.*{field}", capsys)
+    if kind == "yaml":
+        path, marker = _yaml_file(tmp_path, trick)
+        rule = FIELD[trick]
+    else:
+        path, marker = _checkpoint(tmp_path, trick)
+        rule = r"model\.yaml.*" + ("activation: " if trick == "activation" else r"backbone row 0 args\[\d\]=")
+    code = main([a.format(f=path) for a in CLI[entry]])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert re.search(rule, err), err
+    assert not marker.exists()
 
 
 PYTHON: dict[str, Callable[[Path, Path], Any]] = {
