@@ -170,6 +170,11 @@ def test_a_non_model_pt_says_what_it_holds(
     err = capsys.readouterr().err
     assert "holds a state dict of 405 tensors ('model.0.gen.weight_origin'," in err, err
     assert "not an Ultralytics model checkpoint" in err and "official Ultralytics model" not in err
+    seq = tmp_path / "seq.pt"
+    torch.save({"model": torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))}, seq)
+    assert main(["verify", str(seq)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a Sequential under 'model', not an Ultralytics model" in err, err
 
 
 @pytest.mark.parametrize("command", ["info", "verify", "deploy", "export", "adopt"])

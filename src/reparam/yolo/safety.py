@@ -63,6 +63,13 @@ def check_ultralytics_checkpoint(ckpt: Any, source: str) -> nn.Module:
             f"checkpoint {source!r} holds {_holds(ckpt)}, not an Ultralytics model checkpoint (a dict with "
             "the model under 'model' or 'ema', as YOLO.save and training write)"
         )
+    from ultralytics.nn.tasks import BaseModel
+
+    if not isinstance(model, BaseModel):
+        raise ValueError(
+            f"checkpoint {source!r} holds a {type(model).__name__} under 'model', not an Ultralytics model "
+            "(DetectionModel, SegmentationModel, ... as YOLO.save and training write)"
+        )
     cfg = getattr(model, "yaml", None)
     if cfg is not None:
         check_model_cfg(cfg, f"checkpoint {source!r} model.yaml")
