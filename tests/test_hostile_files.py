@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import zipfile
@@ -70,17 +71,26 @@ def _refused_cheaply(argv: list[str], cwd: Path, rule: str) -> str:
 
 # ----------------------------------------------------------------------------------- the hostile files
 class _NumpyBomb:
-    """Pickles as numpy's scalar rebuild of a 2 GB void dtype from one byte: only allow-listed globals."""
+    """Pickles as numpy's scalar rebuild of a 2 GB void dtype with no data: only allow-listed globals."""
 
     def __reduce__(self) -> tuple:
-        return (np.float64(0).__reduce__()[0], (np.dtype("V2000000000"), b"x"))
+        return (np.float64(0).__reduce__()[0], (np.dtype("V2000000000"),))
+
+
+class _NoDtypeState(pickle.Pickler):
+    """Pickles a numpy dtype as the bare ``numpy.dtype(spec)`` call, without the BUILD of its state."""
+
+    def reducer_override(self, obj: object) -> object:
+        return (np.dtype, (obj.str, False, True)) if isinstance(obj, np.dtype) else NotImplemented
 
 
 def test_numpy_void_dtype_bomb(tmp_path: Path) -> None:
     path = tmp_path / "bomb.pt"
-    torch.save({"model": _NumpyBomb()}, path)
+    module = type(pickle)("no_dtype_state")
+    module.Pickler = _NoDtypeState  # type: ignore[attr-defined]
+    torch.save({"model": _NumpyBomb()}, path, pickle_module=module)
     assert path.stat().st_size < 2_000
-    _refused_cheaply(["info", str(path)], tmp_path, "asks numpy for dtype 'V2000000000'")
+    _refused_cheaply(["info", str(path)], tmp_path, "asks numpy for dtype '|V2000000000'")
 
 
 def test_pickle_of_300k_marks_is_scanned_in_linear_time(tmp_path: Path) -> None:
