@@ -112,12 +112,13 @@ CLI = {
     "demo": ["demo", "model={f}", "data=missing.yaml"],
     "adopt": ["adopt", "{f}", "to=orepa", "where=all3x3"],
     "export": ["export", "{f}", "imgsz=64"],
+    "deploy": ["deploy", "{f}", "out=d.pt"],
 }
 
 
-CASES = [("yaml", entry, trick) for entry in CLI for trick in TRICKS] + [
+CASES = [("yaml", entry, trick) for entry in CLI if entry != "deploy" for trick in TRICKS] + [
     ("checkpoint", entry, trick)
-    for entry in ("info", "verify", "adopt", "train")
+    for entry in ("info", "verify", "adopt", "train", "deploy", "export")
     for trick in ("activation", "conv arg", "block act")
 ]
 
@@ -153,11 +154,14 @@ PYTHON: dict[str, Callable[[Path, Path], Any]] = {
     "verify_model": lambda f, out: verify_model(f, imgsz=64),
     "adopt_checkpoint": lambda f, out: reparam.yolo.adopt_checkpoint(f, "orepa", out / "a.pt", "all3x3"),
     "app.adopt": lambda f, out: app_adopt(str(f), "repvgg", where="all3x3", out=out / "a.pt"),
+    "deploy_checkpoint": lambda f, out: reparam.yolo.deploy_checkpoint(f, out / "a.pt"),
 }
 
 
-@pytest.mark.parametrize("kind", ["yaml", "checkpoint"])
-@pytest.mark.parametrize("entry", list(PYTHON))
+@pytest.mark.parametrize(
+    ("kind", "entry"),
+    [(k, e) for k in ("yaml", "checkpoint") for e in PYTHON if k == "checkpoint" or "deploy" not in e],
+)
 def test_python_entry_points_refuse_code(entry: str, kind: str, tmp_path: Path) -> None:
     path, marker = (_yaml_file if kind == "yaml" else _checkpoint)(tmp_path, "activation")
     with pytest.raises(ValueError, match=r"activation: .* is not an activation module"):

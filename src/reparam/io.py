@@ -143,6 +143,8 @@ _DATA_FUNCTIONS = frozenset(  # functions that only rebuild data, as other tools
         "numpy.dtype",
     }
 )
+MAX_MARK_DEPTH = 10_000
+"""Deepest nesting of pickle marks a checkpoint may hold (a module tree nests a few dozen)."""
 _LOCK = threading.Lock()  # torch's safe-globals set is process-wide; scope our additions one load at a time
 
 
@@ -503,6 +505,10 @@ def _apply_stack_effect(
         stack.extend(stack[-1:] if op.name == "DUP" else [])
         return stack
     if op.name == "MARK":
+        if len(marks) >= MAX_MARK_DEPTH:
+            raise ValueError(
+                f"pickle nests more than {MAX_MARK_DEPTH:,} marks (no checkpoint's data is that deep)"
+            )
         marks.append(stack)
         return []
     if pickletools.markobject in before:
