@@ -84,7 +84,7 @@ def _holds(obj: Any) -> str:
         keys = list(obj)
         shown = ", ".join(_short(k) for k in keys[:4]) + (", ..." if len(keys) > 4 else "")
         if keys and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return f"a state dict of {len(keys)} tensors ({shown})"
+            return f"a state dict of {len(keys)} tensor{'s' * (len(keys) != 1)} ({shown})"
         return f"a dict with keys {shown}" if keys else "an empty dict"
     return f"a {type(obj).__name__}"
 
