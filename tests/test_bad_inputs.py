@@ -368,7 +368,7 @@ CHECKPOINTS = [
     case("deploy_checkpoint-Path.touch", reader(deploy_checkpoint, "Path.touch-torch.save"),
          UnsafeCheckpointError, UNSAFE.format(r"pathlib\.Path")),
     case("deploy_checkpoint-not-ultralytics", reader(deploy_checkpoint, "plain-state-dict"), ValueError,
-         r"ckpt\.pt' holds a state dict of \d+ tensors .*, not an Ultralytics model checkpoint"),
+         r"ckpt\.pt' holds a state dict of \d+ tensors? .*, not an Ultralytics model checkpoint"),
     case("deploy_checkpoint-dst-is-src", deploy_onto(existing=False), ValueError,
          r"dst must differ from src: the training checkpoint stays untouched"),
     case("deploy_checkpoint-dst-exists", deploy_onto(existing=True), OverwriteRefusedError,
