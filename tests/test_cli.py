@@ -289,9 +289,9 @@ def _corrupt(kind: str, checkpoint: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("kind", "problem"),
     [
-        ("random", "is not a PyTorch checkpoint (no zip archive): truncated, corrupted or another format"),
-        ("truncated", "is not a PyTorch checkpoint (no zip archive)"),
-        ("not-a-checkpoint", "is not a readable Ultralytics checkpoint"),
+        ("random", "is not a readable torch checkpoint (empty, truncated or corrupt?)"),
+        ("truncated", "is not a readable torch checkpoint (empty, truncated or corrupt?)"),
+        ("not-a-checkpoint", "holds a state dict of 1 tensor ('weights'), not an Ultralytics model"),
         ("directory", "is a directory"),
     ],
 )
@@ -341,10 +341,10 @@ def test_debug_flag_and_env_show_the_traceback(
 ) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="bad.pt is not a PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="bad.pt' is not a readable torch checkpoint"):
         main(["--debug", "verify", str(bad)])
     monkeypatch.setenv("REPARAM_DEBUG", "1")
-    with pytest.raises(ValueError, match="bad.pt is not a PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="bad.pt' is not a readable torch checkpoint"):
         main(["verify", str(bad)])
     monkeypatch.setenv("REPARAM_DEBUG", "0")
     assert main(["verify", str(bad)]) == 2

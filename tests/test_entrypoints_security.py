@@ -28,11 +28,16 @@ from reparam.app.adopt import adopt as app_adopt
 from reparam.app.export import export_onnx
 from reparam.bench.report import write_csv
 from reparam.cli import main
-from reparam.io import TRUST_HINT, OverwriteRefusedError, UnsafeCheckpointError
+from reparam.io import OverwriteRefusedError, UnsafeCheckpointError
 from reparam.weights import load_weights
 from reparam.yolo.safety import load_ultralytics_checkpoint
 
 PAYLOADS = {f"{os.system.__module__}.system": SystemPayload, "pathlib.Path": TouchPayload}
+
+RUNS_CODE = (  # what a hostile file is told: what was found, never an invitation to pass trust=True
+    "which can run code (a function, or a class of a module that runs programs or touches files); refused: "
+    "this file was made to run code (do not load it, not even with trust=True)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +110,7 @@ def test_cli_refuses_a_malicious_checkpoint(
     before = _listing(tmp_path)
     err = _one_error_line([a.format(evil=path) for a in CLI_READS[entry]], capsys)
     command = CLI_READS[entry][0]
-    assert err == (
-        f"reparam {command}: error: checkpoint {str(path)!r} asks for {first}, which is not on the "
-        f"allow-list of classes a checkpoint may load; {TRUST_HINT}"
-    )
+    assert err == (f"reparam {command}: error: checkpoint {str(path)!r} asks for {first}, {RUNS_CODE}")
     assert not marker.exists()
     assert _listing(tmp_path) == before  # nothing written, nothing half-made
 
@@ -137,7 +139,10 @@ def test_python_entry_points_refuse_a_malicious_checkpoint(entry: str, tmp_path:
     first = f"{os.system.__module__}.system"
     path, marker = _evil(tmp_path, first)
     before = _listing(tmp_path)
-    with pytest.raises(UnsafeCheckpointError, match=rf"{str(path)!r} asks for {first}, .* pass trust=True"):
+    with pytest.raises(
+        UnsafeCheckpointError,
+        match=rf"{str(path)!r} asks for {first}, which can run code.* not even with trust=True",
+    ):
         APP_READS[entry](path, tmp_path)
     assert not marker.exists()
     assert _listing(tmp_path) == before
@@ -158,7 +163,7 @@ def test_ultralytics_loads_in_safe_mode_behind_our_check(
     assert type(load(files / "model.pt").model).__name__ == "DetectionModel"
     assert seen == [True] and tasks.SAFE_LOAD is False
     path, marker = _evil(tmp_path, "pathlib.Path")
-    monkeypatch.setattr(app_models, "load_ultralytics_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(app_models, "check_checkpoint", lambda *a, **k: None)
     with pytest.raises(ValueError, match="references types outside the supported Ultralytics checkpoint"):
         load(path)
     assert not marker.exists()

@@ -13,7 +13,6 @@ from torch import nn
 
 from checkpoint_payloads import ConstructorPayload, Harmless, SystemPayload, TouchPayload
 from reparam.io import (
-    TRUST_HINT,
     OverwriteRefusedError,
     UnsafeCheckpointError,
     atomic_path,
@@ -22,6 +21,11 @@ from reparam.io import (
     atomic_write_text,
     checkpoint_globals,
     load_checkpoint,
+)
+
+RUNS_CODE = (  # what a hostile file is told: what was found, never an invitation to pass trust=True
+    "which can run code (a function, or a class of a module that runs programs or touches files); refused: "
+    "this file was made to run code (do not load it, not even with trust=True)"
 )
 
 
@@ -128,10 +132,7 @@ def test_malicious_file_is_refused_before_it_runs(tmp_path, kind, payload, first
     with pytest.raises(UnsafeCheckpointError) as info:
         load_checkpoint(path)
     message = str(info.value)
-    assert message == (
-        f"checkpoint {str(path)!r} asks for {first}, which is not on the allow-list of classes a checkpoint "
-        f"may load; {TRUST_HINT}"
-    )
+    assert message == (f"checkpoint {str(path)!r} asks for {first}, {RUNS_CODE}")
     assert "\n" not in message and not marker.exists()
     assert checkpoint_globals(path)[0] == first
     # the payload is live: a plain unpickler runs it

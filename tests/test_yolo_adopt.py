@@ -175,7 +175,7 @@ def test_fused_and_foreign_models_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds a fused model"):
         adopt_checkpoint(tmp_path / "fused.pt", "orepa")
     torch.save({"model": torch.nn.Sequential(Conv(3, 8, 3, 2))}, tmp_path / "plain.pt")
-    with pytest.raises(ValueError, match="holds no Ultralytics model built from a YAML"):
+    with pytest.raises(ValueError, match="holds a Sequential under .model., not an Ultralytics model"):
         adopt_checkpoint(tmp_path / "plain.pt", "orepa")
 
 

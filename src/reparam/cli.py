@@ -56,6 +56,7 @@ BAD_INPUT: tuple[type[BaseException], ...] = (
     EOFError,
     pickle.UnpicklingError,
     zipfile.BadZipFile,
+    OSError,  # a path the system refuses (name too long, disk full): the input, not a bug
 )
 
 

@@ -15,7 +15,7 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import torch
 from torch import nn
@@ -36,12 +36,116 @@ __all__ = [
     "checkpoint_globals",
     "global_name",
     "load_checkpoint",
+    "runs_code",
 ]
 
 AllowEntry = Callable[..., Any] | tuple[Callable[..., Any], str]
 """An allow-list entry as torch takes it: a class/function, or ``(object, "module.Name")`` for an alias."""
 
 TRUST_HINT = "pass trust=True (CLI: trust=True) only if you trust where the file came from"
+_CODE_NOTE = "which can run code (a function, or a class of a module that runs programs or touches files)"
+_CODE_MODULES = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "sys",
+        "builtins",
+        "__builtin__",
+        "shutil",
+        "importlib",
+        "runpy",
+        "pty",
+        "socket",
+        "ctypes",
+        "pickle",
+        "_pickle",
+        "marshal",
+        "code",
+        "codeop",
+        "webbrowser",
+        "pathlib",
+        "io",
+        "_io",
+        "tempfile",
+        "multiprocessing",
+        "threading",
+        "_thread",
+        "signal",
+        "types",
+        "functools",
+        "operator",
+        "inspect",
+        "pdb",
+        "bdb",
+        "timeit",
+        "platform",
+        "commands",
+        "posixpath",
+        "ntpath",
+        "asyncio",
+        "http",
+        "urllib",
+        "ftplib",
+        "smtplib",
+        "telnetlib",
+        "xmlrpc",
+        "zipimport",
+        "glob",
+        "site",
+        "sysconfig",
+        "distutils",
+        "setuptools",
+        "pip",
+        "cProfile",
+        "profile",
+        "trace",
+        "doctest",
+        "unittest",
+        "ensurepip",
+        "venv",
+        "compileall",
+        "py_compile",
+        "zipfile",
+        "tarfile",
+        "shelve",
+        "dbm",
+        "sqlite3",
+        "logging",
+        "gc",
+        "copyreg",
+        "codecs",
+        "_codecs",
+        "torch.hub",
+        "torch.jit",
+        "torch.serialization",
+        "torch.ops",
+        "torch._C",
+        "torch.package",
+        "torch.utils.cpp_extension",
+        "numpy.testing",
+        "numpy.f2py",
+        "numpy.distutils",
+    }
+)
+_DATA_FUNCTIONS = frozenset(  # functions that only rebuild data, as other tools' checkpoints hold them
+    {
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "collections.defaultdict",
+        "collections.deque",
+        "datetime.datetime",
+        "datetime.date",
+        "datetime.timedelta",
+        "numpy.ndarray",
+        "numpy.dtype",
+    }
+)
+MAX_MARK_DEPTH = 10_000
+"""Deepest nesting of pickle marks a checkpoint may hold (a module tree nests a few dozen)."""
 _LOCK = threading.Lock()  # torch's safe-globals set is process-wide; scope our additions one load at a time
 
 
@@ -156,20 +260,39 @@ def load_checkpoint(
     table = {global_name(entry): entry for entry in allowed}
     defaults = _torch_default_globals()
     names, constructed = _scan_file(file)
-    for name in names:
-        if name not in defaults and name not in table:
-            raise UnsafeCheckpointError(
-                f"checkpoint {str(file)!r} asks for {name}, which is not on the allow-list of classes a "
-                f"checkpoint may load; {TRUST_HINT}"
-            )
+    unlisted = [name for name in names if name not in defaults and name not in table]
+    code = next((name for name in unlisted if runs_code(name)), None)
+    if code is not None:
+        raise UnsafeCheckpointError(
+            f"checkpoint {str(file)!r} asks for {code}, {_CODE_NOTE}; refused: this file was made to run "
+            "code (do not load it, not even with trust=True)"
+        )
+    if unlisted:
+        raise UnsafeCheckpointError(
+            f"checkpoint {str(file)!r} asks for {unlisted[0]}, which is not on the allow-list of classes a "
+            f"checkpoint may load; {TRUST_HINT}"
+        )
     for name in constructed:
         obj = _target(table[name]) if name in table else None
         if isinstance(obj, type) and issubclass(obj, nn.Module):
             raise UnsafeCheckpointError(
-                f"checkpoint {str(file)!r} calls the constructor of {name} (saved models are rebuilt without "
-                f"constructors, so this can run code); {TRUST_HINT}"
+                f"checkpoint {str(file)!r} calls the constructor of {name} (torch.save never does it: "
+                "saved models are rebuilt without constructors, which build from the file's text); refused"
             )
-    return _load_weights_only(file, [table[n] for n in dict.fromkeys(names) if n in table])
+    entries = [table[n] for n in dict.fromkeys(names) if n in table]
+    if not zipfile.is_zipfile(file):
+        return _load_legacy(file, {name: _target(table[name]) for name in names if name in table})
+    return _load_weights_only(file, entries)
+
+
+def runs_code(name: str) -> bool:
+    """Whether global ``name`` (``module.Name``) is a function or a class of a module that runs code or
+    touches the system (os, subprocess, builtins, importlib, pathlib, ...): no checkpoint's data needs one,
+    so a file asking for it is hostile rather than written by another tool."""
+    module, _, attr = name.rpartition(".")
+    if name.startswith("<") or any(module == m or module.startswith(f"{m}.") for m in _CODE_MODULES):
+        return True
+    return attr.lstrip("_")[:1].islower() and name not in _DATA_FUNCTIONS
 
 
 def checkpoint_globals(path: str | os.PathLike[str]) -> list[str]:
@@ -182,7 +305,7 @@ def global_name(entry: AllowEntry) -> str:
     """The ``module.Name`` under which an allow-list entry is looked up (torch's own convention)."""
     if isinstance(entry, tuple):
         return entry[1]
-    return f"{entry.__module__}.{entry.__qualname__}"
+    return f"{getattr(entry, '__module__', '')}.{getattr(entry, '__qualname__', '')}"
 
 
 def _target(entry: AllowEntry) -> Any:
@@ -199,24 +322,71 @@ def _readable(path: str | os.PathLike[str]) -> Path:
 
 
 def _torch_default_globals() -> set[str]:
-    from torch import _weights_only_unpickler
-
-    return set(_weights_only_unpickler._get_allowed_globals())
+    return set(_weights_only_defaults())
 
 
 def _load_weights_only(file: Path, entries: list[AllowEntry]) -> Any:
     with _LOCK:
-        registered = set(torch.serialization.get_safe_globals())
-        extra = [e for e in entries if e not in registered]  # never remove a process-wide entry on exit
+        registered = list(torch.serialization.get_safe_globals())
+        ours = {global_name(e) for e in entries}
+        # A process-wide entry of the same name (Ultralytics registers numpy.dtype unchecked) would compete
+        # with ours in torch's lookup: it is set aside for this load and put back afterwards.
+        kept = [e for e in registered if e in entries or global_name(e) not in ours]
         try:
-            with torch.serialization.safe_globals(extra):
-                return torch.load(file, map_location="cpu", weights_only=True)
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(kept + [e for e in entries if e not in kept])
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except UnsafeCheckpointError as e:  # an allow-list entry's own check (e.g. a numpy dtype's size)
+            raise UnsafeCheckpointError(f"checkpoint {str(file)!r} {e}") from None
         except pickle.UnpicklingError as e:
+            hint = "refused" if "Unsupported operand" in str(e) else TRUST_HINT
             raise UnsafeCheckpointError(
-                f"checkpoint {str(file)!r} cannot be loaded weights-only ({first_line(e)}); {TRUST_HINT}"
+                f"checkpoint {str(file)!r} cannot be loaded weights-only ({first_line(e)}); {hint}"
             ) from e
         except Exception as e:  # weights-only unpickling runs no code from the file: any error is the file's
             raise _unreadable(file, e) from e
+        finally:
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(registered)
+
+
+class _NoUnpickler(pickle.Unpickler):
+    """Python's unpickler with no globals at all (the base of the restricted legacy loader)."""
+
+    allowed: ClassVar[dict[str, Any]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = _mapped(module, name)
+        if full not in self.allowed:
+            raise pickle.UnpicklingError(f"{full} is not on the allow-list")
+        return self.allowed[full]
+
+
+def _load_legacy(file: Path, table: dict[str, Any]) -> Any:
+    """A legacy (non-zip) ``torch.save`` file, already scanned: torch's weights-only unpickler refuses the
+    module records such files hold, so Python's unpickler runs with globals restricted to the same set
+    (torch's weights-only defaults and the allow-list entries the scan found)."""
+    allowed = {**_weights_only_defaults(), **table}
+    unpickler = type("_Restricted", (_NoUnpickler,), {"allowed": allowed})
+    module = type(pickle)("reparam_restricted_pickle")
+    module.Unpickler = unpickler  # type: ignore[attr-defined]
+    module.load = lambda fh, **kw: unpickler(fh, **kw).load()  # type: ignore[attr-defined]
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False, pickle_module=module)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"checkpoint {str(file)!r} {e}") from None
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"checkpoint {str(file)!r} cannot be loaded ({first_line(e)}); refused"
+        ) from e
+    except Exception as e:
+        raise _unreadable(file, e) from e
+
+
+def _weights_only_defaults() -> dict[str, Any]:
+    from torch import _weights_only_unpickler
+
+    return dict(_weights_only_unpickler._get_allowed_globals())
 
 
 def _load_trusted(file: Path) -> Any:
@@ -297,8 +467,13 @@ def _scan_pickles(fh: BinaryIO, count: int) -> tuple[list[str], list[str]]:
 
 
 def _scan_one(fh: BinaryIO, names: dict[str, None], constructed: dict[str, None]) -> None:
-    """Simulate one pickle's stack without building anything, recording globals and REDUCE callees."""
+    """Simulate one pickle's stack without building anything, recording globals and REDUCE callees.
+
+    Marks are kept as pickle keeps them (a stack of stacks), so every opcode costs O(1): the scan is linear
+    in the file however many marks it holds.
+    """
     stack: list[Any] = []
+    marks: list[list[Any]] = []
     memo: dict[int, Any] = {}
     for op, arg, _ in pickletools.genops(fh):
         pushed: Any = None
@@ -310,7 +485,7 @@ def _scan_one(fh: BinaryIO, names: dict[str, None], constructed: dict[str, None]
         elif op.name.startswith("EXT"):
             pushed = _Global(f"<copyreg extension {arg}>")
         elif op.name in ("REDUCE", "OBJ"):  # calls: REDUCE f(args); OBJ the class just above the mark
-            callee = stack[-2] if op.name == "REDUCE" else stack[len(stack) - stack[::-1].index(_MARK)]
+            callee = stack[-2] if op.name == "REDUCE" else stack[0]
             if isinstance(callee, _Global):
                 constructed[str(callee)] = None
         if isinstance(pushed, _Global):
@@ -325,26 +500,36 @@ def _scan_one(fh: BinaryIO, names: dict[str, None], constructed: dict[str, None]
             memo[arg] = stack[-1]
         elif op.name == "MEMOIZE":
             memo[len(memo)] = stack[-1]
-        _apply_stack_effect(op, stack, pushed)
+        stack = _apply_stack_effect(op, stack, marks, pushed)
 
 
-def _apply_stack_effect(op: pickletools.OpcodeInfo, stack: list[Any], pushed: Any) -> None:
+def _apply_stack_effect(
+    op: pickletools.OpcodeInfo, stack: list[Any], marks: list[list[Any]], pushed: Any
+) -> list[Any]:
+    """The stack after ``op`` (a new list after MARK or an opcode that pops to the mark)."""
     before, after = op.stack_before, op.stack_after
     if op.name in ("MEMOIZE", "DUP"):  # keep the object itself on the stack (a global may be memoized)
         stack.extend(stack[-1:] if op.name == "DUP" else [])
-        return
-    if pickletools.markobject in before:
-        while stack.pop() is not _MARK:
-            pass
-        del stack[len(stack) - before.index(pickletools.markobject) :]
-    elif before:
-        if len(stack) < len(before):
-            raise ValueError(f"pickle stack underflow at {op.name}")
-        del stack[len(stack) - len(before) :]
+        return stack
     if op.name == "MARK":
-        stack.append(_MARK)
-    elif after:
+        if len(marks) >= MAX_MARK_DEPTH:
+            raise ValueError(
+                f"pickle nests more than {MAX_MARK_DEPTH:,} marks (no checkpoint's data is that deep)"
+            )
+        marks.append(stack)
+        return []
+    if pickletools.markobject in before:
+        if not marks:
+            raise ValueError(f"pickle mark underflow at {op.name}")
+        stack, below = marks.pop(), before.index(pickletools.markobject)
+    else:
+        below = len(before)
+    if len(stack) < below:
+        raise ValueError(f"pickle stack underflow at {op.name}")
+    del stack[len(stack) - below :]
+    if after:
         stack.extend([None] * (len(after) - 1) + [pushed])
+    return stack
 
 
 def _plain_str(*values: Any) -> bool:

@@ -20,10 +20,16 @@ def say(progress: Progress | None, msg: str) -> None:
         progress(msg)
 
 
+MAX_LINE = 500
+"""Longest error line shown: a message quoting a file's content (a row, a path) is cut there, with '...'."""
+
+
 def first_line(error: BaseException) -> str:
-    """The first non-empty line of an error's message (its class name when the message is empty)."""
+    """The first non-empty line of an error's message (its class name when the message is empty), cut to
+    ``MAX_LINE`` characters, ending in '...' (a message may quote a hostile file's content)."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
 
 
 def columns(rows: Sequence[Mapping[str, object]]) -> list[str]:

@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import Tensor, nn
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
@@ -27,7 +26,14 @@ from reparam.blocks.registry import registered_blocks
 from reparam.checks import strict_bools
 from reparam.text import first_line
 from reparam.yolo import convert_model, plain_counterpart
-from reparam.yolo.safety import load_ultralytics_checkpoint, ultralytics_safe_load
+from reparam.yolo.safety import (
+    check_model_cfg,
+    check_ultralytics_checkpoint,
+    load_ultralytics_checkpoint,
+    preloaded_checkpoint,
+    read_model_yaml,
+    ultralytics_safe_load,
+)
 
 __all__ = [
     "STRIDE",
@@ -40,6 +46,9 @@ __all__ = [
     "stride_imgsz",
     "yaml_name",
 ]
+
+MAX_PATH = 4_096
+"""Longest model argument accepted (Linux's PATH_MAX); a longer one is refused before any file access."""
 
 STRIDE = 32
 """The largest stride of the detection models: image sizes are rounded up to a multiple of it."""
@@ -54,34 +63,33 @@ _UNREADABLE = (
 
 
 @strict_bools
-def check_checkpoint(path: str | Path, *, trust: bool = False) -> None:
-    """Refuse a checkpoint before Ultralytics reads it: missing, a directory, not a zip archive, unreadable,
-    or (unless ``trust``) asking for a global off the allow-list (``UnsafeCheckpointError`` naming it)."""
+def check_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
+    """Refuse a checkpoint before Ultralytics reads it: missing, a directory, unreadable, (unless ``trust``)
+    asking for a global off the allow-list (``UnsafeCheckpointError`` naming it), holding no Ultralytics
+    model, or whose model YAML fails :func:`reparam.yolo.safety.check_model_cfg` (sizes bounded, no code).
+    Returns the checkpoint read (None with ``trust``: the file is left to Ultralytics)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"model checkpoint {path} does not exist (reparam never downloads weights)")
     if path.is_dir():
         raise ValueError(f"model checkpoint {path} is a directory, expected a .pt file")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"model checkpoint {path} is not a PyTorch checkpoint (no zip archive): truncated, corrupted or "
-            "another format"
-        )
-    if not trust:  # a trusted file is unpickled once, by Ultralytics, not twice
-        load_ultralytics_checkpoint(path)
+    if trust:  # a trusted file is unpickled once, by Ultralytics, not twice
+        return None
+    ckpt = load_ultralytics_checkpoint(path)
+    check_ultralytics_checkpoint(ckpt, str(path))
+    return ckpt
 
 
 def check_model_yaml(path: Path) -> None:
-    """Refuse a YAML that is not an Ultralytics model description (Ultralytics would fail with a KeyError)."""
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"model YAML {path} cannot be read: {first_line(e)}") from None
+    """Refuse a model YAML before Ultralytics reads it: unreadable, aliases expanding beyond a small size,
+    not an Ultralytics model, or failing :func:`reparam.yolo.safety.check_model_cfg`."""
+    cfg = read_model_yaml(path)
     lists = isinstance(cfg, dict) and all(isinstance(cfg.get(k), list) for k in ("backbone", "head"))
     if not lists:
         raise ValueError(
             f"model YAML {path} is not an Ultralytics model: it needs 'backbone' and 'head' lists of rows"
         )
+    check_model_cfg(cfg, f"model YAML {path}")
 
 
 @strict_bools
@@ -95,6 +103,8 @@ def load(model: str | Path, *, trust: bool = False) -> YOLO:
     """
     name = str(model)
     path = Path(name)
+    if len(name) > MAX_PATH:
+        raise ValueError(f"model={name[:60]}... is a path of {len(name):,} characters (at most {MAX_PATH:,})")
     if path.is_dir():
         raise ValueError(
             f"model={name} is a directory, expected a zoo name, a model YAML or a .pt checkpoint"
@@ -102,12 +112,14 @@ def load(model: str | Path, *, trust: bool = False) -> YOLO:
     if path.suffix.lower() not in _MODEL_SUFFIXES:
         raise ValueError(f"model={name}: unsupported file type, expected a zoo name, a .yaml or a .pt file")
     is_checkpoint = path.suffix.lower() == ".pt"
+    legacy = None  # a legacy (non-zip) checkpoint: Ultralytics takes what we read instead of reading it
     if is_checkpoint:
-        check_checkpoint(path, trust=trust)
+        ckpt = check_checkpoint(path, trust=trust)
+        legacy = ckpt if ckpt is not None and not zipfile.is_zipfile(path) else None
     elif path.is_file():
         check_model_yaml(path)
     try:
-        with ultralytics_safe_load(trust):
+        with ultralytics_safe_load(trust), preloaded_checkpoint(legacy):
             return YOLO(name, verbose=False)
     except FileNotFoundError as e:
         if is_checkpoint:

@@ -28,7 +28,13 @@ from reparam.checks import strict_bools
 from reparam.io import atomic_path
 from reparam.verification import relative_error
 from reparam.yolo.hooks import convert_model
-from reparam.yolo.safety import load_ultralytics_checkpoint
+from reparam.yolo.safety import (
+    check_model_cfg,
+    check_ultralytics_checkpoint,
+    load_ultralytics_checkpoint,
+    read_model_yaml,
+    ultralytics_safe_load,
+)
 from reparam.yolo.zoo import PLAIN_FAMILY, plain_counterpart, zoo_path
 
 __all__ = [
@@ -295,14 +301,16 @@ def _read(src: Path, trust: bool) -> dict[str, Any]:
     if src.suffix.lower() in (".yaml", ".yml"):
         from ultralytics import YOLO
 
-        return {"model": YOLO(str(src), verbose=False).model, "train_args": {}}
+        if src.is_file():  # a zoo name is read from reparam's own folder
+            check_model_cfg(read_model_yaml(src), f"model YAML {src}")
+        with ultralytics_safe_load(trust):
+            return {"model": YOLO(str(src), verbose=False).model, "train_args": {}}
     if src.suffix.lower() != ".pt":
         raise ValueError(f"src={src}: expected an Ultralytics checkpoint (.pt) or a model YAML")
     if not src.is_file():
         raise ValueError(f"src={src} is not an existing checkpoint file (reparam never downloads weights)")
     ckpt = load_ultralytics_checkpoint(src, trust=trust)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), nn.Module):
-        raise ValueError(f"{src} holds no model under 'ema' or 'model'; is it an Ultralytics checkpoint?")
+    check_ultralytics_checkpoint(ckpt, str(src))
     return ckpt
 
 

@@ -129,7 +129,7 @@ def deploy_checkpoint(
     existing file is refused unless ``overwrite=True``. ``src`` is read weights-only against the
     Ultralytics + reparam allow-list; ``trust=True`` unpickles it fully (for files from a trusted source).
     """
-    from reparam.yolo.safety import load_ultralytics_checkpoint
+    from reparam.yolo.safety import check_ultralytics_checkpoint, load_ultralytics_checkpoint
 
     src = Path(src)
     if not src.is_file():
@@ -139,9 +139,7 @@ def deploy_checkpoint(
         raise ValueError("dst must differ from src: the training checkpoint stays untouched")
     check_writable(dst, overwrite)  # refuse before the (slow) load and conversion
     ckpt: dict[str, Any] = load_ultralytics_checkpoint(src, trust=trust)
-    source = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(source, nn.Module):
-        raise ValueError(f"{src} holds no model under 'ema' or 'model'; is it an Ultralytics checkpoint?")
+    source = check_ultralytics_checkpoint(ckpt, str(src))  # a model, and its YAML checked like any file's
     model = to_stock_modules(copy.deepcopy(source).float().eval())
     remaining = reparam_globals(model)
     if remaining and standalone:

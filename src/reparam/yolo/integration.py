@@ -25,7 +25,9 @@ through it show its lines.
 
 Around each call the wrapper (1) syncs the block registry into the tables, so a block registered at any
 time is usable in the next build; (2) sets the default activation of reparam blocks to the model's
-``activation:`` key, evaluated as Ultralytics evaluates it for ``Conv`` (SiLU when the key is absent);
+``activation:`` key, resolved by ``reparam.yolo.safety.check_model_cfg`` (never ``eval``; SiLU when the key
+is absent), which also checks every row and bounds what the file sizes, and the meta-device build bounds the
+parameter count;
 (3) re-raises any exception of a YAML row as ValueError naming the row, with a suggestion for unknown
 names. Supported: Ultralytics 8.3 and 8.4 (tested end to end with 8.4.190; the edits also apply to the
 parse_model of 8.3.0, which tests set literals, and of 8.3.100); another source layout fails loudly at
@@ -42,9 +44,10 @@ import functools
 import importlib
 import inspect
 import linecache
+import logging
 import pkgutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import CodeType, FunctionType, ModuleType, TracebackType
 from typing import Any
@@ -55,6 +58,7 @@ from torch import nn
 import reparam.blocks
 from reparam.blocks.act import use_default_act
 from reparam.blocks.registry import registered_blocks
+from reparam.yolo.safety import MAX_PARAMS, check_model_cfg
 
 __all__ = [
     "CUSTOM_RULES",
@@ -253,20 +257,44 @@ def _check_rows(d: dict, rows: list[Any], yaml_file: str) -> None:
             )
 
 
-def _model_activation(act: Any, tasks: ModuleType) -> nn.Module:
-    """The module Ultralytics makes ``Conv.default_act`` for a YAML ``activation:`` value; SiLU if unset."""
-    if not act:
-        return nn.SiLU()
-    safe = getattr(tasks, "_SafeLoad", None)
+@contextlib.contextmanager
+def _no_eval(tasks: ModuleType, act: nn.Module | None) -> Iterator[None]:
+    """Ultralytics' ``Conv.default_act`` set to the checked activation (parse_model gets no ``activation:``
+    text to ``eval``) and its restricted build mode on (only ``nn.Module`` layers), both restored on exit."""
+    conv = tasks.Conv
+    saved = conv.default_act
+    local = getattr(getattr(tasks, "_SafeLoad", None), "_local", None)
+    was = getattr(local, "active", False)
+    if act is not None:
+        conv.default_act = act
+    if local is not None:
+        local.active = True
     try:
-        if safe is not None and safe.restricted():
-            return safe.activation(act)
-        module = eval(act, vars(tasks))  # the very expression parse_model evaluates for Conv.default_act
-    except Exception as err:
-        raise ValueError(f"model YAML activation: {act!r} is not an activation module: {err}") from err
-    if not isinstance(module, nn.Module):
-        raise ValueError(f"model YAML activation: {act!r} is not an activation module (it is {type(module)})")
-    return module
+        yield
+    finally:
+        conv.default_act = saved
+        if local is not None:
+            local.active = was
+
+
+def _check_budget(patched: Callable[..., Any], d: dict, ch: int, source: str) -> None:
+    """Build the rows once on the meta device (no memory) and refuse more than ``MAX_PARAMS`` parameters."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.ERROR)  # its warnings (e.g. "no model scale") come once, from the real build
+    try:
+        with torch.device("meta"):  # a row that fails fails here, before any real row has taken memory
+            layers, _ = patched(copy.deepcopy(d), ch, False)
+    finally:
+        LOGGER.setLevel(level)
+    params = sum(p.numel() for p in layers.parameters())
+    if params > MAX_PARAMS:
+        biggest = max(layers, key=lambda m: sum(p.numel() for p in m.parameters()))
+        raise ValueError(
+            f"{source} would build {params:,} parameters (at most {MAX_PARAMS:,} from a file); the largest "
+            f"row is {getattr(biggest, 'i', '?')} ({type(biggest).__name__})"
+        )
 
 
 def patch_parse_model() -> None:
@@ -282,10 +310,15 @@ def patch_parse_model() -> None:
     @functools.wraps(original)
     def parse_model(d: dict, ch: int, verbose: bool = True) -> tuple[nn.Sequential, list[int]]:
         _sync_registry(tasks)
+        yaml_file = str(d.get("yaml_file", ""))
+        source = f"model YAML {yaml_file}" if yaml_file else "model YAML"
+        act = check_model_cfg(d, source)  # the one check of every model built from a file's text
         rows = copy.deepcopy(list(d.get("backbone", [])) + list(d.get("head", [])))
-        _check_rows(d, rows, str(d.get("yaml_file", "")))
+        _check_rows(d, rows, yaml_file)
+        d = {k: v for k, v in d.items() if k != "activation"}  # resolved above; Ultralytics would eval it
         try:
-            with use_default_act(_model_activation(d.get("activation"), tasks)):
+            with _no_eval(tasks, act), use_default_act(nn.SiLU() if act is None else act):
+                _check_budget(patched, d, ch, source)
                 return patched(d, ch, verbose)
         except Exception as err:
             named = _row_error(err, code, rows, str(d.get("yaml_file", "")))
