@@ -104,7 +104,7 @@ def _cmd_verify(o: dict[str, Any]) -> int:
 def _cmd_export(o: dict[str, Any]) -> int:
     from reparam.app.export import export_model
 
-    result = export_model(**o)
+    result = export_model(**o, progress=_print)
     _print(result.summary())
     return 0 if result.check is None or result.check.ok else 1
 
@@ -253,10 +253,38 @@ COMMANDS: dict[str, Command] = {
                 Key("opset", optional(int_at_least(7)), None, "ONNX opset (default: Ultralytics' choice)"),
                 Key("check", boolean, True, "compare the ONNX file with PyTorch in onnxruntime"),
                 Key(
+                    "out",
+                    optional(text),
+                    None,
+                    "output file or folder (default: next to a .pt, or here for a YAML)",
+                ),
+                Key(
                     "overwrite",
                     boolean,
                     False,
                     "replace an existing export (written next to a .pt, or in the working folder for a YAML)",
+                ),
+                Key(
+                    "int8",
+                    boolean,
+                    False,
+                    "also write INT8: onnx -> <out stem>.int8.onnx (QDQ), openvino -> NNCF",
+                ),
+                Key(
+                    "calib",
+                    optional(text),
+                    None,
+                    "INT8 calibration: a folder of images, a data YAML or a number of the model's training "
+                    "images (default: 128 of them)",
+                ),
+                _DATA,
+                Key("per_channel", boolean, True, "INT8 weights per output channel (else per tensor)"),
+                Key(
+                    "int8_skip",
+                    optional(text),
+                    None,
+                    "INT8 convs kept in float: auto:K (the K most sensitive; the ranking is saved as CSV) "
+                    "or ONNX conv node names",
                 ),
                 _TRUST,
             ),

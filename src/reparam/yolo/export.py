@@ -19,7 +19,14 @@ from reparam.io import OverwriteRefusedError, atomic_path
 from reparam.text import first_line
 from reparam.yolo.safety import ultralytics_safe_load
 
-__all__ = ["DiskFullError", "check_target", "export_atomic", "export_suffix", "format_arguments"]
+__all__ = [
+    "DiskFullError",
+    "check_target",
+    "export_atomic",
+    "export_suffix",
+    "format_arguments",
+    "out_of_space",
+]
 
 _DISK_FULL = {errno.EFBIG, errno.ENOSPC, errno.EDQUOT}
 _DISK_FULL_TEXT = ("file too large", "no space left on device", "disk quota exceeded")
@@ -83,6 +90,23 @@ def _disk_full(error: BaseException) -> OSError | None:
 
 
 @contextlib.contextmanager
+def out_of_space(target: Path) -> Iterator[None]:
+    """Turn a write failing for lack of space (whatever wraps it) into a one-line :class:`DiskFullError`."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as e:
+        full = _disk_full(e)
+        if full is None:
+            raise
+        raise DiskFullError(
+            f"export to {target} failed, out of space ({full.strerror or first_line(full)}); "
+            "any previous export there is unchanged"
+        ) from e
+
+
+@contextlib.contextmanager
 def _stage(target: Path) -> Iterator[Path]:
     """A temporary folder next to ``target`` (same file system, so the final move is a rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -127,28 +151,21 @@ def _run(net: YOLO, stage: Path, stem: str, trust: bool, args: dict[str, Any]) -
             model.pt_path = before
 
 
-def export_atomic(net: YOLO, target: Path, *, overwrite: bool = False, trust: bool = False, **args: Any) -> Path:
+def export_atomic(
+    net: YOLO, target: Path, *, overwrite: bool = False, trust: bool = False, **args: Any
+) -> Path:
     """``net.export(**args)`` written to ``target`` (a file or, for folder formats, a folder) atomically.
 
-    Ultralytics' argument asserts become a one-line ValueError; a full disk or file size limit raises :class:`DiskFullError` and leaves any previous
-    ``target`` as it was.
+    Ultralytics' argument asserts become a one-line ValueError; a full disk or file size limit raises
+    :class:`DiskFullError` and leaves any previous ``target`` as it was.
     """
     fmt = str(args.get("format", "")).lower()
     check_target(target, fmt, overwrite)
-    try:
-        with _stage(target) as stage:
-            made = _run(net, stage, target.stem if export_suffix(fmt).startswith(".") else "model", trust, args)
-            if made.is_dir():
-                _swap_folder(made, target, overwrite, stage)
-            else:
-                with atomic_path(target, overwrite=overwrite) as tmp:
-                    os.replace(made, tmp)
-    except Exception as e:
-        full = _disk_full(e)
-        if full is None:
-            raise
-        raise DiskFullError(
-            f"export to {target} failed, out of space ({full.strerror or first_line(full)}); "
-            "any previous export there is unchanged"
-        ) from e
+    with out_of_space(target), _stage(target) as stage:
+        made = _run(net, stage, target.stem if export_suffix(fmt).startswith(".") else "model", trust, args)
+        if made.is_dir():
+            _swap_folder(made, target, overwrite, stage)
+        else:
+            with atomic_path(target, overwrite=overwrite) as tmp:
+                os.replace(made, tmp)
     return target

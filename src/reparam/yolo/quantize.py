@@ -85,7 +85,9 @@ def decode_nodes(model: Any, head: str) -> list[str]:
     (e.g. ``/model.22/``): DFL, box arithmetic, sigmoid, concat. ValueError if the graph has none."""
     graph = _graph(model)
     users = _consumers(graph)
-    convs = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith(head) and "/dfl/" not in n.name]
+    convs = [
+        n for n in graph.node if n.op_type == "Conv" and n.name.startswith(head) and "/dfl/" not in n.name
+    ]
     conv_names = {n.name for n in convs}
     last = [c for c in convs if not any(d.name in conv_names for d in _downstream(c, users))]
     names = {d.name for c in last for d in _downstream(c, users)}
