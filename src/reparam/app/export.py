@@ -196,9 +196,7 @@ def export_model(
     fmt = format.lower()
     _refuse_quantized(model)
     args = _format_args(fmt, dynamic, opset)
-    target = check_target(
-        Path(out) if out is not None else export_target(model, fmt, int8=int8), fmt, overwrite
-    )
+    target = check_target(out if out is not None else export_target(model, fmt, int8=int8), fmt, overwrite)
     net = load(model, trust=trust)
     _refuse_quantized_modules(net.model, model)
     plan = plan_int8(net, fmt, target, int8, calib, data, int8_skip, overwrite=overwrite, progress=progress)

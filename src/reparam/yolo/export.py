@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 _DISK_FULL = {errno.EFBIG, errno.ENOSPC, errno.EDQUOT}
-_DISK_FULL_TEXT = ("file too large", "no space left on device", "disk quota exceeded")
+# what out-of-space looks like when a C++ writer reports it (OpenVINO's serializer says only "iostream error")
+_DISK_FULL_TEXT = ("file too large", "no space left on device", "disk quota exceeded", "iostream error")
 
 
 class DiskFullError(ValueError):
@@ -60,11 +61,11 @@ def format_arguments(format: str) -> list[str]:
     return _table()[format.lower()][1]
 
 
-def check_target(target: Path, format: str, overwrite: bool) -> Path:
+def check_target(out: str | Path, format: str, overwrite: bool) -> Path:
     """Refuse, before any work, an output path that cannot receive ``format``: a name ending in a path
     separator, a directory where a file goes (or a file where a folder goes), an existing export without
     ``overwrite=True``."""
-    name = str(target)
+    name, target = str(out), Path(out)
     if name.endswith(("/", os.sep)) or target.name in ("", ".", ".."):
         raise ValueError(f"out={name!r} names a folder; give the export's file name (e.g. model.onnx)")
     folder = not export_suffix(format).startswith(".")
@@ -101,8 +102,8 @@ def out_of_space(target: Path) -> Iterator[None]:
         if full is None:
             raise
         raise DiskFullError(
-            f"export to {target} failed, out of space ({full.strerror or first_line(full)}); "
-            "any previous export there is unchanged"
+            f"export to {target} failed writing ({full.strerror or first_line(full)}: out of space or over a "
+            "file size limit); any previous export there is unchanged"
         ) from e
 
 
@@ -162,7 +163,9 @@ def export_atomic(
     fmt = str(args.get("format", "")).lower()
     check_target(target, fmt, overwrite)
     with out_of_space(target), _stage(target) as stage:
-        made = _run(net, stage, target.stem if export_suffix(fmt).startswith(".") else "model", trust, args)
+        suffix = export_suffix(fmt)
+        stem = target.stem if suffix.startswith(".") else target.name.split("_")[0] or "model"
+        made = _run(net, stage, stem, trust, args)
         if made.is_dir():
             _swap_folder(made, target, overwrite, stage)
         else:
