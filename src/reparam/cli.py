@@ -109,6 +109,13 @@ def _cmd_export(o: dict[str, Any]) -> int:
     return 0 if result.check is None or result.check.ok else 1
 
 
+def _cmd_val(o: dict[str, Any]) -> int:
+    from reparam.app.val import validate
+
+    _print(validate(**o, progress=_print).summary())
+    return 0
+
+
 def _cmd_info(o: dict[str, Any]) -> int:
     from reparam.app.info import describe
 
@@ -286,6 +293,21 @@ COMMANDS: dict[str, Command] = {
                     "INT8 convs kept in float: auto:K (the K most sensitive; the ranking is saved as CSV) "
                     "or ONNX conv node names",
                 ),
+                _TRUST,
+            ),
+            positional=("model",),
+            required=("model",),
+        ),
+        Command(
+            "val",
+            "Ultralytics validation of any form (.pt, YAML, .onnx, _openvino_model folder) at one setting "
+            "(rect=False, batch 1): mAP50 and mAP50-95",
+            _cmd_val,
+            (
+                Key("model", text, None, _MODEL + ", an .onnx file or an _openvino_model folder"),
+                _DATA,
+                _IMGSZ,
+                _DEVICE,
                 _TRUST,
             ),
             positional=("model",),

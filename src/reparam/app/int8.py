@@ -52,8 +52,6 @@ class Int8Plan:
     """Everything INT8 export needs, resolved and checked before any work."""
 
     files: list[Path]
-    data: Path | None
-    folder: Path | None
     auto: int | None = None
     skip: list[str] = field(default_factory=list)
     int8_path: Path | None = None
@@ -61,22 +59,18 @@ class Int8Plan:
 
     @contextlib.contextmanager
     def openvino_data(self, net: YOLO) -> Iterator[dict[str, Any]]:
-        """Ultralytics' INT8 export arguments: a data YAML whose train split holds the calibration images
-        (a temporary one for a folder), ``split=train``, and the share of it to use."""
+        """Ultralytics' INT8 export arguments: a temporary data YAML whose train split is a temporary folder
+        of links to the calibration images (so Ultralytics' label cache is written there, not beside the
+        user's images), and ``split=train``."""
         with tempfile.TemporaryDirectory(prefix="reparam-calib-") as tmp:
-            data = self.data
-            if self.folder is not None:
-                data = Path(tmp) / "calib.yaml"
-                names = dict(getattr(net.model, "names", {}) or {0: "object"})
-                folder = str(self.folder.resolve())
-                data.write_text(yaml.safe_dump({"train": folder, "val": folder, "names": names}))
-            total = len(_image_files(self.folder)) if self.folder is not None else len(_data_images(data))
-            yield {
-                "quantize": 8,
-                "data": str(data),
-                "split": "train",
-                "fraction": min(1.0, len(self.files) / total),
-            }
+            images = Path(tmp) / "images"
+            images.mkdir()
+            for i, f in enumerate(self.files):
+                (images / f"{i:06d}{f.suffix.lower()}").symlink_to(f.resolve())
+            data = Path(tmp) / "calib.yaml"
+            names = dict(getattr(net.model, "names", {}) or {0: "object"})
+            data.write_text(yaml.safe_dump({"train": str(images), "val": str(images), "names": names}))
+            yield {"quantize": 8, "data": str(data), "split": "train"}
 
 
 @dataclass
@@ -218,7 +212,7 @@ def plan_int8(
     else:
         source = source or _model_data(net, data, progress)
         files = _spread(_data_images(source), limit)
-    plan = Int8Plan(files, source, folder, auto, skip)
+    plan = Int8Plan(files, auto, skip)
     if fmt == "onnx":
         plan.int8_path = check_writable(target.with_name(target.stem + ".int8.onnx"), overwrite)
         if auto is not None:
