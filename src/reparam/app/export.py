@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,13 @@ def _format_args(fmt: str, dynamic: bool, opset: int | None) -> dict[str, Any]:
     return args
 
 
+def _check_runtime(fmt: str, int8: bool) -> None:
+    """OpenVINO export needs openvino (and nncf for INT8) installed: Ultralytics would pip-install them."""
+    for package, needed in (("openvino", fmt == "openvino"), ("nncf", fmt == "openvino" and int8)):
+        if needed and importlib.util.find_spec(package) is None:
+            raise ValueError(f"format={fmt}{' int8=True' if int8 else ''} needs {package}: pip install {package}")
+
+
 def _refuse_quantized(model: str | Path) -> None:
     """An already exported or quantized model is not a model to export: one line naming it."""
     path = Path(str(model))
@@ -196,6 +204,7 @@ def export_model(
     fmt = format.lower()
     _refuse_quantized(model)
     args = _format_args(fmt, dynamic, opset)
+    _check_runtime(fmt, int8)
     target = check_target(out if out is not None else export_target(model, fmt, int8=int8), fmt, overwrite)
     net = load(model, trust=trust)
     _refuse_quantized_modules(net.model, model)

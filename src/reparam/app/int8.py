@@ -13,16 +13,18 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from ultralytics import YOLO
 
 from reparam.app.data import check_data_yaml, resolve_data
+from reparam.bench.latency import compare_latency
 from reparam.bench.report import write_csv
 from reparam.io import atomic_path, check_writable
 from reparam.text import Progress, say
@@ -38,7 +40,16 @@ from reparam.yolo.quantize import (
     rank_sensitivity,
 )
 
-__all__ = ["CALIB_DEFAULT", "INT8_FORMATS", "Int8Plan", "Int8Result", "plan_int8", "quantize_onnx"]
+__all__ = [
+    "CALIB_DEFAULT",
+    "INT8_FORMATS",
+    "Int8Plan",
+    "Int8Result",
+    "measure_forms",
+    "plan_int8",
+    "quantize_onnx",
+    "runner",
+]
 
 CALIB_DEFAULT = 128
 """Calibration images used when ``calib=`` is not given (evenly spread over the training images)."""
@@ -296,3 +307,49 @@ def quantize_onnx(
             with atomic_path(final, overwrite=overwrite) as dst:
                 os.replace(made, dst)
     return target, result
+
+
+def runner(path: Path, x: np.ndarray) -> Callable[[object], object]:
+    """A one-thread batch-1 call of an ``.onnx`` file (onnxruntime) or ``_openvino_model`` folder (OpenVINO)
+    on the fixed input ``x``, for :func:`reparam.bench.latency.compare_latency`."""
+    if path.is_dir():
+        import openvino as ov
+
+        xml = next(path.glob("*.xml"))
+        compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1})
+        request = compiled.create_infer_request()
+        return lambda _: request.infer({0: x})
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda _: session.run(None, {name: x})
+
+
+def measure_forms(
+    forms: Mapping[str, Path], data: Path, imgsz: int, rounds: int = 30, progress: Progress | None = None
+) -> list[dict[str, str]]:
+    """mAP (:func:`reparam.app.val.validate`: rect=False, batch 1) and batch-1 latency (medians of
+    interleaved rounds, one thread) of each exported form; drops and ratios against the first form."""
+    from reparam.app.val import validate
+
+    rows = []
+    for name, path in forms.items():
+        v = validate(path, data=data, imgsz=imgsz)
+        rows.append({"form": name, "mAP50": f"{v.map50:.4f}", "mAP50-95": f"{v.map50_95:.4f}"})
+        say(progress, f"  {name}: mAP50 {v.map50:.4f}, mAP50-95 {v.map50_95:.4f}")
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    runners = {n: runner(p, x) for n, p in forms.items()}
+    timings = compare_latency(runners, torch.from_numpy(x), rounds=rounds, calls_per_round=1)
+    base_ms, base_map = timings[rows[0]["form"]], float(rows[0]["mAP50"])
+    for row in rows:
+        t = timings[row["form"]]
+        row |= {
+            "mAP50 drop": f"{base_map - float(row['mAP50']):+.4f}",
+            "ms (batch 1)": f"{t.median_ms:.2f}",
+            f"vs {rows[0]['form']}": f"{t.ratio_to(base_ms):.2f}",
+        }
+    return rows
