@@ -147,7 +147,8 @@ def _check_runtime(fmt: str, int8: bool) -> None:
     """OpenVINO export needs openvino (and nncf for INT8) installed: Ultralytics would pip-install them."""
     for package, needed in (("openvino", fmt == "openvino"), ("nncf", fmt == "openvino" and int8)):
         if needed and importlib.util.find_spec(package) is None:
-            raise ValueError(f"format={fmt}{' int8=True' if int8 else ''} needs {package}: pip install {package}")
+            what = f"format={fmt}" + (" int8=True" if int8 else "")
+            raise ValueError(f"{what} needs the {package} package: pip install {package}")
 
 
 def _refuse_quantized(model: str | Path) -> None:
