@@ -121,21 +121,26 @@ def test_sensitivity_ranking_and_auto_skip(work: dict[str, Path], capsys: pytest
     assert _float_convs(work["int8"]) == {rows[0]["node"], f"{HEAD}dfl/conv/Conv"}
 
 
-def test_named_skip_keeps_those_convs_float(work: dict[str, Path]) -> None:
+def _weight_scale_sizes(path: Path) -> set[int]:
+    """Number of scales of each quantized conv weight (its output channels per channel, 1 per tensor)."""
+    graph = onnx.load(path).graph
+    inits, producers = {i.name: i for i in graph.initializer}, _producers(graph)
+    dq = [producers[n.input[1]] for n in graph.node if n.op_type == "Conv" and n.input[1] in producers]
+    return {int(np.prod(inits[d.input[1]].dims)) for d in dq}
+
+
+def test_named_skip_keeps_those_convs_float_and_per_tensor(work: dict[str, Path]) -> None:
     names = ["/model.0/conv/Conv", "/model.4/conv/Conv"]
     out = work["root"] / "named" / "m.onnx"
     result = export_model(
-        work["yaml"],
-        imgsz=64,
-        int8=True,
-        calib=work["calib"],
-        int8_skip=",".join(names),
-        out=out,
-        check=False,
-    )
+        work["yaml"], imgsz=64, int8=True, calib=work["calib"], int8_skip=",".join(names), out=out,
+        check=False, per_channel=False,
+    )  # fmt: skip
     assert result.int8 is not None and result.int8.skipped == names
     assert _float_convs(result.int8.path) == {*names, f"{HEAD}dfl/conv/Conv"}
     assert not result.int8.path.with_name("m.int8-sensitivity.csv").exists()  # no ranking was asked for
+    assert _weight_scale_sizes(result.int8.path) == {1}
+    assert max(_weight_scale_sizes(work["int8"])) >= 8  # the default: one scale per output channel
 
 
 def test_val_prints_map_for_onnx_and_int8(work: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
