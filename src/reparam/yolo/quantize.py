@@ -10,7 +10,9 @@ fp32 conv -> quantize, slower than fp32), so QInt8 vs QUInt8 is decided by timin
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import statistics
 import tempfile
 import time
@@ -102,6 +104,23 @@ def quantizable_convs(model: Any, decode: Sequence[str]) -> list[str]:
     return [n.name for n in _graph(model).node if n.op_type == "Conv" and n.name not in skip]
 
 
+class _DropHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_preprocess_hint() -> Iterator[None]:
+    """onnxruntime logs a hint to run its shape pre-processing twice per quantization (to the root logger);
+    the graphs here come from Ultralytics with shapes inferred, so the hint is dropped, nothing else."""
+    root, hint = logging.getLogger(), _DropHint()
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
+
+
 class _Reader:
     """An onnxruntime ``CalibrationDataReader``: one image per batch, over a settable range of images."""
 
@@ -147,20 +166,21 @@ def quantize_detector(
     ``only`` restricts quantization to those nodes; ``cache`` keeps the ranges for later calls."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    quantize_static(
-        str(fp32),
-        str(out),
-        _Reader(images),
-        quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        activation_type=_quant_type(activation),
-        weight_type=QuantType.QInt8,
-        nodes_to_quantize=list(only) if only is not None else None,
-        nodes_to_exclude=list(exclude),
-        calibrate_method=CalibrationMethod.MinMax,
-        calibration_cache_path=cache,
-        extra_options={"CalibStridedMinMax": _stride(len(images))},
-    )
+    with _quiet_preprocess_hint():
+        quantize_static(
+            str(fp32),
+            str(out),
+            _Reader(images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=_quant_type(activation),
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=list(only) if only is not None else None,
+            nodes_to_exclude=list(exclude),
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=cache,
+            extra_options={"CalibStridedMinMax": _stride(len(images))},
+        )
     return out
 
 
