@@ -166,6 +166,8 @@ def _listing(root: Path) -> dict[str, str]:
         (["int8=True", "calib=0"], "calib=0"),
         (["format=torchscript", "int8=True", "calib={calib}"], "format=onnx or format=openvino"),
         (["calib={calib}"], "int8=True only"),
+        (["per_channel=False"], "int8=True only"),
+        (["format=openvino", "int8=True", "calib={calib}", "int8_skip=auto:1"], "apply to format=onnx"),
         (["int8=True", "calib={calib}", "int8_skip=auto:x"], "auto:K"),
         (["out={root}/newdir/"], "names a folder"),
         (["out={calib}"], "is a directory"),

@@ -209,7 +209,8 @@ def export_model(
     target = check_target(out if out is not None else export_target(model, fmt, int8=int8), fmt, overwrite)
     net = load(model, trust=trust)
     _refuse_quantized_modules(net.model, model)
-    plan = plan_int8(net, fmt, target, int8, calib, data, int8_skip, overwrite=overwrite, progress=progress)
+    int8_args = {"calib": calib, "int8_skip": int8_skip, "per_channel": None if per_channel else False}
+    plan = plan_int8(net, fmt, target, int8, data, overwrite=overwrite, progress=progress, **int8_args)
     args.update(imgsz=imgsz, device="cpu")
     if plan is not None and fmt == "openvino":
         with plan.openvino_data(net) as ov_args:
@@ -219,7 +220,7 @@ def export_model(
     result = ExportResult(target, fmt)
     if plan is not None:
         with out_of_space(target):
-            _, result.int8 = quantize_onnx(
+            result.int8 = quantize_onnx(
                 net, target, plan, args, per_channel, overwrite=overwrite, trust=trust, progress=progress
             )
     else:

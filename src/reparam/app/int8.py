@@ -179,26 +179,30 @@ def plan_int8(
     fmt: str,
     target: Path,
     int8: bool,
-    calib: str | Path | int | None,
     data: str | Path | None,
-    int8_skip: str | None,
     *,
+    calib: str | Path | int | None = None,
+    int8_skip: str | None = None,
+    per_channel: bool | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Int8Plan | None:
     """Resolve and check the INT8 arguments (None when ``int8`` is False); ValueError naming a bad one:
     ``calib``/``int8_skip`` without ``int8=True``, a format that cannot take INT8, a missing or empty
-    calibration folder, ``calib=0``, an existing output without ``overwrite=True``."""
+    calibration folder, ``calib=0``, an existing output without ``overwrite=True``. ``calib`` and
+    ``int8_skip`` are None when not given, ``per_channel`` is False when per-tensor weights were asked."""
     if not int8:
-        for key, value in (("calib", calib), ("int8_skip", int8_skip)):
+        for key, value in (("calib", calib), ("int8_skip", int8_skip), ("per_channel", per_channel)):
             if value is not None:
                 raise ValueError(f"{key}= applies to int8=True only")
         return None
     if fmt not in INT8_FORMATS:
         raise ValueError(f"int8=True works with format=onnx or format=openvino, not format={fmt}")
     auto, skip = _skip_spec(int8_skip)
-    if fmt == "openvino" and (auto is not None or skip):
-        raise ValueError("int8_skip= applies to format=onnx (Ultralytics' OpenVINO export chooses by itself)")
+    if fmt == "openvino" and (auto is not None or skip or per_channel is not None):
+        raise ValueError(
+            "int8_skip= and per_channel= apply to format=onnx (Ultralytics' OpenVINO export sets its own)"
+        )
     limit, folder, source = CALIB_DEFAULT, None, None
     if isinstance(calib, int) or (isinstance(calib, str) and calib.strip().isdigit()):
         limit = int(calib)
@@ -264,7 +268,7 @@ def quantize_onnx(
     overwrite: bool = False,
     trust: bool = False,
     progress: Progress | None = None,
-) -> tuple[Path, Int8Result]:
+) -> Int8Result:
     """Export ``net`` to fp32 ONNX (Ultralytics, ``args``) and quantize it; both files (and the ranking CSV)
     are made in a temporary folder and renamed into place only when everything succeeded."""
     assert plan.int8_path is not None
@@ -306,7 +310,7 @@ def quantize_onnx(
         for made, final in ((fp32, target), (q, plan.int8_path)):
             with atomic_path(final, overwrite=overwrite) as dst:
                 os.replace(made, dst)
-    return target, result
+    return result
 
 
 def runner(path: Path, x: np.ndarray) -> Callable[[object], object]:
