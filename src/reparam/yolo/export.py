@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import tempfile
@@ -140,12 +141,16 @@ def _run(net: YOLO, stage: Path, stem: str, trust: bool, args: dict[str, Any]) -
     model = net.model
     before = getattr(model, "pt_path", None)
     model.pt_path = str(stage / f"{stem}.pt")
+    logger = logging.getLogger("ultralytics")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # its success lines name the temporary folder, which is gone after
     try:
         with ultralytics_safe_load(trust):
             return Path(net.export(**args))
     except AssertionError as e:  # Ultralytics validates its arguments with assert
         raise ValueError(f"format={args.get('format')}: {first_line(e).removeprefix('ERROR ❌️ ')}") from None
     finally:
+        logger.setLevel(level)
         if before is None:
             del model.pt_path
         else:
