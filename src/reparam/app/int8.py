@@ -314,13 +314,15 @@ def quantize_onnx(
 
 
 def runner(path: Path, x: np.ndarray) -> Callable[[object], object]:
-    """A one-thread batch-1 call of an ``.onnx`` file (onnxruntime) or ``_openvino_model`` folder (OpenVINO)
-    on the fixed input ``x``, for :func:`reparam.bench.latency.compare_latency`."""
+    """A one-thread batch-1 call of an ``.onnx`` file (onnxruntime) or ``_openvino_model`` folder (OpenVINO,
+    f32 precision hint: on a CPU with bf16 instructions its default runs fp32 layers in bf16) on the fixed
+    input ``x``, for :func:`reparam.bench.latency.compare_latency`."""
     if path.is_dir():
         import openvino as ov
 
         xml = next(path.glob("*.xml"))
-        compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1})
+        config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = ov.Core().compile_model(str(xml), "CPU", config)
         request = compiled.create_infer_request()
         return lambda _: request.infer({0: x})
     import onnxruntime as ort
