@@ -244,3 +244,15 @@ def test_openvino_int8_through_ultralytics(work: dict[str, Path]) -> None:
     assert not list(
         work["calib"].parent.glob("*.cache")
     )  # Ultralytics' label cache went to a temporary folder
+
+
+def test_format_without_its_package_is_one_line(work: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("coremltools") is not None:
+        pytest.skip("coremltools is installed")
+    out = work["root"] / "coreml" / "m.mlpackage"
+    assert main(["export", str(work["yaml"]), "format=coreml", "imgsz=64", f"out={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "coremltools" in err and len(err.splitlines()) == 1, err
+    assert not out.parent.exists() or not any(out.parent.iterdir())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ultralytics import YOLO
+from ultralytics.utils import checks
 
 from reparam.io import OverwriteRefusedError, atomic_path
 from reparam.text import first_line
@@ -142,14 +143,21 @@ def _run(net: YOLO, stage: Path, stem: str, trust: bool, args: dict[str, Any]) -
     before = getattr(model, "pt_path", None)
     model.pt_path = str(stage / f"{stem}.pt")
     logger = logging.getLogger("ultralytics")
-    level = logger.level
+    level, autoinstall = logger.level, checks.AUTOINSTALL
     logger.setLevel(logging.WARNING)  # its success lines name the temporary folder, which is gone after
+    checks.AUTOINSTALL = False  # never pip-install a format's packages at run time
     try:
         with ultralytics_safe_load(trust):
             return Path(net.export(**args))
     except AssertionError as e:  # Ultralytics validates its arguments with assert
         raise ValueError(f"format={args.get('format')}: {first_line(e).removeprefix('ERROR ❌️ ')}") from None
+    except ImportError as e:
+        raise ValueError(
+            f"format={args.get('format')} needs a package that is not installed ({first_line(e)}); "
+            "install it (reparam installs nothing at run time)"
+        ) from None
     finally:
+        checks.AUTOINSTALL = autoinstall
         logger.setLevel(level)
         if before is None:
             del model.pt_path
