@@ -73,3 +73,8 @@ def test_demo_end_to_end_on_the_synthetic_dataset(tmp_path: Path, capsys: pytest
     assert blocks and all(float(b["fp64 max_rel"]) <= 1e-10 for b in blocks)
     assert (out / "deploy" / "yolov8n-orepa-deploy.onnx").is_file()
     assert "![latency](latency.png)" in (report / "summary.md").read_text()
+    with (report / "int8.csv").open() as f:
+        int8 = {r["form"]: r for r in csv.DictReader(f)}
+    assert {"fp32 ONNX (onnxruntime)", "INT8 ONNX (onnxruntime)"} <= set(int8)
+    assert float(int8["INT8 ONNX (onnxruntime)"]["ms (batch 1)"]) > 0
+    assert "## INT8" in (report / "summary.md").read_text()

@@ -107,9 +107,16 @@ def _cmd_verify(o: dict[str, Any]) -> int:
 def _cmd_export(o: dict[str, Any]) -> int:
     from reparam.app.export import export_model
 
-    result = export_model(**o)
+    result = export_model(**o, progress=_print)
     _print(result.summary())
     return 0 if result.check is None or result.check.ok else 1
+
+
+def _cmd_val(o: dict[str, Any]) -> int:
+    from reparam.app.val import validate
+
+    _print(validate(**o, progress=_print).summary())
+    return 0
 
 
 def _cmd_info(o: dict[str, Any]) -> int:
@@ -258,11 +265,54 @@ COMMANDS: dict[str, Command] = {
                 Key("opset", optional(int_at_least(7)), None, "ONNX opset (default: Ultralytics' choice)"),
                 Key("check", boolean, True, "compare the ONNX file with PyTorch in onnxruntime"),
                 Key(
+                    "out",
+                    optional(text),
+                    None,
+                    "output file or folder (default: next to a .pt, or here for a YAML)",
+                ),
+                Key(
                     "overwrite",
                     boolean,
                     False,
                     "replace an existing export (written next to a .pt, or in the working folder for a YAML)",
                 ),
+                Key(
+                    "int8",
+                    boolean,
+                    False,
+                    "also write INT8: onnx -> <out stem>.int8.onnx (QDQ), openvino -> NNCF",
+                ),
+                Key(
+                    "calib",
+                    optional(text),
+                    None,
+                    "INT8 calibration: a folder of images, a data YAML or a number of the model's training "
+                    "images (default: 128 of them)",
+                ),
+                _DATA,
+                Key("per_channel", boolean, True, "INT8 weights per output channel (else per tensor)"),
+                Key(
+                    "int8_skip",
+                    optional(text),
+                    None,
+                    "INT8 convs kept in float: auto:K (the K most sensitive; the ranking is saved as CSV) "
+                    "or ONNX conv node names",
+                ),
+                _TRUST,
+            ),
+            positional=("model",),
+            required=("model",),
+        ),
+        Command(
+            "val",
+            "Ultralytics validation of any form (.pt, YAML, .onnx, _openvino_model folder) at one setting "
+            "(rect=False, batch 1): mAP50 and mAP50-95",
+            _cmd_val,
+            (
+                Key("model", text, None, _MODEL + ", an .onnx file or an _openvino_model folder"),
+                _DATA,
+                _IMGSZ,
+                _DEVICE,
                 _TRUST,
             ),
             positional=("model",),

@@ -6,7 +6,8 @@ checkpoint, 5. verification (per block and end to end, fp32 and fp64, on real va
 6. validation of the converted form in fp32 and of the deploy checkpoint (their mAP must equal the training
 form's within ``MAP_TOL``; ``MAP_TOL_FP16`` for a checkpoint stored in fp16), 7. side-by-side latency,
 params and FLOPs of the training form, the converted form and the plain Ultralytics model, 8. ONNX export
-checked in onnxruntime, 9. report (:mod:`reparam.app.report`).
+checked in onnxruntime, and INT8 forms (onnxruntime QDQ; OpenVINO fp32/INT8 when installed) with their mAP
+and latency beside fp32, 9. report (:mod:`reparam.app.report`).
 
 Files: the demo owns its ``out`` folder (``train/``, ``deploy/``, ``report/``), and a re-run
 replaces what an earlier run wrote there, so the command can be repeated as is. Every checkpoint it reads
@@ -15,6 +16,7 @@ replaces what an earlier run wrote there, so the command can be repeated as is. 
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import time
 import types
@@ -31,7 +33,8 @@ from ultralytics import YOLO
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
 from reparam.app.data import resolve_data
-from reparam.app.export import ONNX_RTOL, OnnxCheck, check_onnx, export_onnx, onnx_ops
+from reparam.app.export import ONNX_RTOL, OnnxCheck, check_onnx, export_model, export_onnx, onnx_ops
+from reparam.app.int8 import measure_forms
 from reparam.app.models import load, plain_model, stride_imgsz
 from reparam.app.report import (
     BASELINE,
@@ -203,6 +206,26 @@ def _export(
     return onnx_path, onnx_check, onnx_ops(export_onnx(plain_pt, imgsz, overwrite=True)) == onnx_check.ops
 
 
+def _int8(
+    deploy_pt: Path, data: Path, imgsz: int, rounds: int, trust: bool, progress: Progress | None
+) -> list[dict[str, str]]:
+    """Stage 8 (INT8 rows): the deploy checkpoint as fp32 and INT8 ONNX (calibrated on the training images)
+    and, with openvino and nncf installed, as OpenVINO fp32 and INT8; mAP (rect=False) and batch-1 latency."""
+    folder = deploy_pt.parent / "int8"
+    common = {"imgsz": imgsz, "overwrite": True, "trust": trust, "data": data, "check": False}
+    fp32 = folder / f"{deploy_pt.stem}.onnx"
+    int8 = export_model(deploy_pt, out=fp32, int8=True, **common).int8
+    assert int8 is not None
+    forms = {"fp32 ONNX (onnxruntime)": fp32, "INT8 ONNX (onnxruntime)": int8.path}
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        for name, q in (("OpenVINO fp32", False), ("OpenVINO INT8 (NNCF)", True)):
+            ov = folder / f"{deploy_pt.stem}{'_int8' if q else ''}_openvino_model"
+            forms[name] = export_model(deploy_pt, "openvino", out=ov, int8=q, **common).path
+    else:
+        say(progress, "OpenVINO rows skipped: openvino and nncf are not installed")
+    return measure_forms(forms, data, imgsz, rounds, progress)
+
+
 def _map_check(maps: dict[str, dict[str, float]], form: str, tol: float, note: str = "") -> tuple[bool, str]:
     gap = {k: abs(maps[form][k] - maps[BASELINE][k]) for k in ("mAP50", "mAP50-95")}
     detail = ", ".join(f"|d {k}| {g:.4f}" for k, g in gap.items()) + f" (tol {tol}{note})"
@@ -321,8 +344,9 @@ def run_demo(
         ):
             plain = plain_model(proof.train_form)
             profiles = _benchmark(proof, plain, imgsz, (1, throughput_batch), rounds, progress)
-        with stage("export", "export ONNX and check it in onnxruntime"):
+        with stage("export", "export ONNX and check it in onnxruntime; INT8 forms, their mAP and latency"):
             onnx_path, onnx_check, same_ops = _export(deploy_pt, proof, plain, imgsz, trust)
+            int8_rows = _int8(deploy_pt, data_yaml, imgsz, rounds, trust, progress)
         with stage("report", "report"):
             seconds = stage.seconds | {"total": time.perf_counter() - stage.start}
             header = (
@@ -332,7 +356,7 @@ def run_demo(
             report = DemoReport(
                 out / "report", header, summary_rows(profiles, maps, (1, throughput_batch)), profiles, run,
                 proof.v32, proof.v64, maps, _checks(proof, maps, onnx_check, same_ops), deploy_pt, onnx_path,
-                seconds,
+                seconds, int8_rows,
             )  # fmt: skip
             write_demo_report(report)
     say(progress, f"\n{report.text}\n\nreport: {report.folder}")

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from reparam.app.int8 import Int8Result, plan_int8, quantize_onnx
 from reparam.app.models import first_tensor, load, stride_imgsz
 from reparam.checks import strict_bools
-from reparam.io import OverwriteRefusedError
+from reparam.text import Progress
 from reparam.verification import relative_error
 from reparam.yolo import convert_model
-from reparam.yolo.safety import ultralytics_safe_load
+from reparam.yolo.export import check_target, export_atomic, export_suffix, format_arguments, out_of_space
 
 __all__ = [
     "ONNX_RTOL",
@@ -53,6 +56,7 @@ class ExportResult:
     path: Path
     format: str
     check: OnnxCheck | None = None
+    int8: Int8Result | None = None
 
     def summary(self) -> str:
         """One line per fact."""
@@ -64,6 +68,8 @@ class ExportResult:
                 f"({'PASS' if c.ok else 'FAIL'}, rtol {ONNX_RTOL:.0e})"
             )
             lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(c.ops.items())))
+        if self.int8 is not None:
+            lines += self.int8.lines()
         return "\n".join(lines)
 
 
@@ -91,38 +97,79 @@ def check_onnx(path: Path, reference: nn.Module, x: Tensor) -> OnnxCheck:
     return OnnxCheck(*relative_error(want, got), onnx_ops(path))
 
 
-def export_target(model: str | Path, format: str) -> Path:
-    """Where Ultralytics writes the export of ``model``: next to a ``.pt`` file, in the working folder for
-    a YAML (named after it), with the format's suffix (a file such as ``.onnx`` or a ``_<fmt>_model`` folder).
-    ``format`` is one of the ``Argument`` names of Ultralytics' export table (aliases are not accepted).
-    """
-    from ultralytics.engine.exporter import export_formats
-
-    table = export_formats()
-    formats = dict(zip(table["Argument"], table["Suffix"], strict=True))
-    formats.pop("-", None)  # the PyTorch row: not an export target
-    if format.lower() not in formats:
-        valid = ", ".join(formats)
-        raise ValueError(f"format={format!r} is not an Ultralytics export format; one of: {valid}")
+def export_target(model: str | Path, format: str, *, int8: bool = False) -> Path:
+    """Where ``reparam export`` writes ``model``'s export by default: next to a ``.pt`` file, in the working
+    folder for a YAML (named after it), with the format's suffix (a file such as ``.onnx`` or a
+    ``_<fmt>_model`` folder; ``_int8_openvino_model`` for OpenVINO INT8). ``format`` is one of the
+    ``Argument`` names of Ultralytics' export table (aliases are not accepted)."""
+    suffix = export_suffix(format)
+    if int8 and format.lower() == "openvino":
+        suffix = "_int8" + suffix
     path = Path(model)
     base = path if path.suffix.lower() == ".pt" else Path(path.name)
-    suffix = formats[format.lower()]
     return base.with_suffix(suffix) if suffix.startswith(".") else base.with_name(base.stem + suffix)
-
-
-def _refuse_existing(target: Path, overwrite: bool) -> None:
-    if target.exists() and not overwrite:
-        raise OverwriteRefusedError(f"{str(target)!r} already exists; pass overwrite=True to replace it")
 
 
 @strict_bools
 def export_onnx(model: str | Path, imgsz: int, *, overwrite: bool = False, trust: bool = False) -> Path:
-    """Export ``model`` to ONNX through Ultralytics (converted by its fuse()), not simplified; an existing
-    ONNX file is refused unless ``overwrite=True``, a ``.pt`` is read as :func:`load` reads it."""
-    _refuse_existing(export_target(model, "onnx"), overwrite)
+    """Export ``model`` to ONNX through Ultralytics (converted by its fuse()), not simplified, atomically; an
+    existing ONNX file is refused unless ``overwrite=True``, a ``.pt`` is read as :func:`load` reads it."""
+    target = check_target(export_target(model, "onnx"), "onnx", overwrite)
     net = load(model, trust=trust)
-    with ultralytics_safe_load(trust):
-        return Path(net.export(format="onnx", imgsz=imgsz, simplify=False, device="cpu"))
+    return export_atomic(
+        net,
+        target,
+        overwrite=overwrite,
+        trust=trust,
+        format="onnx",
+        imgsz=imgsz,
+        simplify=False,
+        device="cpu",
+    )
+
+
+def _format_args(fmt: str, dynamic: bool, opset: int | None) -> dict[str, Any]:
+    """Only the arguments Ultralytics accepts for ``fmt`` (its validator refuses others with an assert):
+    ``simplify=False`` where it applies, ``dynamic``/``opset`` refused by name where they do not."""
+    accepted = format_arguments(fmt)
+    args: dict[str, Any] = {"format": fmt}
+    if "simplify" in accepted:
+        args["simplify"] = False
+    for key, value, default in (("dynamic", dynamic, False), ("opset", opset, None)):
+        if value != default:
+            if key not in accepted:
+                raise ValueError(
+                    f"{key}={value} does not apply to format={fmt} (it takes: {', '.join(accepted)})"
+                )
+            args[key] = value
+    return args
+
+
+def _check_runtime(fmt: str, int8: bool) -> None:
+    """OpenVINO export needs openvino (and nncf for INT8) installed: Ultralytics would pip-install them."""
+    for package, needed in (("openvino", fmt == "openvino"), ("nncf", fmt == "openvino" and int8)):
+        if needed and importlib.util.find_spec(package) is None:
+            what = f"format={fmt}" + (" int8=True" if int8 else "")
+            raise ValueError(f"{what} needs the {package} package: pip install {package}")
+
+
+def _refuse_quantized(model: str | Path) -> None:
+    """An already exported or quantized model is not a model to export: one line naming it."""
+    path = Path(str(model))
+    if path.suffix.lower() == ".onnx":
+        quantized = path.is_file() and onnx_ops(path)["QuantizeLinear"] > 0
+        what = "already quantized (it has QuantizeLinear nodes)" if quantized else "an exported ONNX file"
+        raise ValueError(f"model={model} is {what}; export takes the .pt checkpoint or model YAML")
+    if path.is_dir() and path.name.endswith("_openvino_model"):
+        raise ValueError(f"model={model} is an exported OpenVINO model; export takes the .pt or YAML")
+
+
+def _refuse_quantized_modules(net: nn.Module, model: str | Path) -> None:
+    for name, m in net.named_modules():
+        if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")) or any(
+            t.is_quantized for t in m.parameters(recurse=False)
+        ):
+            raise ValueError(f"model={model} is already quantized ({name or 'model'}: {type(m).__name__})")
 
 
 @strict_bools
@@ -134,24 +181,50 @@ def export_model(
     opset: int | None = None,
     check: bool = True,
     *,
+    out: str | Path | None = None,
     overwrite: bool = False,
     trust: bool = False,
+    int8: bool = False,
+    calib: str | Path | int | None = None,
+    data: str | Path | None = None,
+    per_channel: bool = True,
+    int8_skip: str | None = None,
+    progress: Progress | None = None,
 ) -> ExportResult:
-    """Convert and export through Ultralytics (its fuse() converts reparam blocks); checks ONNX files.
+    """Convert and export through Ultralytics (its fuse() converts reparam blocks), atomically; checks ONNX.
 
-    The target (:func:`export_target`) is refused if it exists unless ``overwrite=True``; a ``.pt`` model is
-    read without running code from it unless ``trust=True``. ONNX graphs are not simplified (onnxslim is not
-    a dependency and would be fetched at run time).
+    The target (``out``, default :func:`export_target`) is refused if it exists unless ``overwrite=True``;
+    a ``.pt`` model is read without running code from it unless ``trust=True``. ONNX graphs are not
+    simplified (onnxslim would be fetched at run time). ``int8=True`` also writes an INT8 form: for ONNX a
+    QDQ file next to the fp32 one (:mod:`reparam.app.int8`: ``calib`` images, ``per_channel``,
+    ``int8_skip``), for OpenVINO Ultralytics' NNCF export instead of the fp32 folder. Every argument is
+    checked before any work; ``out`` ending in a path separator or naming a directory is refused.
     """
     imgsz = stride_imgsz(imgsz)
-    _refuse_existing(export_target(model, format), overwrite)
+    fmt = format.lower()
+    _refuse_quantized(model)
+    args = _format_args(fmt, dynamic, opset)
+    _check_runtime(fmt, int8)
+    target = check_target(out if out is not None else export_target(model, fmt, int8=int8), fmt, overwrite)
     net = load(model, trust=trust)
-    with ultralytics_safe_load(trust):
-        path = Path(
-            net.export(format=format, imgsz=imgsz, dynamic=dynamic, opset=opset, simplify=False, device="cpu")
-        )
-    result = ExportResult(path, format)
-    if format.lower() == "onnx" and check:
+    _refuse_quantized_modules(net.model, model)
+    int8_args = {"calib": calib, "int8_skip": int8_skip, "per_channel": None if per_channel else False}
+    plan = plan_int8(net, fmt, target, int8, data, overwrite=overwrite, progress=progress, **int8_args)
+    args.update(imgsz=imgsz, device="cpu")
+    if plan is not None and fmt == "openvino":
+        with plan.openvino_data(net) as ov_args:
+            return ExportResult(
+                export_atomic(net, target, overwrite=overwrite, trust=trust, **args, **ov_args), fmt
+            )
+    result = ExportResult(target, fmt)
+    if plan is not None:
+        with out_of_space(target):
+            result.int8 = quantize_onnx(
+                net, target, plan, args, per_channel, overwrite=overwrite, trust=trust, progress=progress
+            )
+    else:
+        export_atomic(net, target, overwrite=overwrite, trust=trust, **args)
+    if fmt == "onnx" and check:
         x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-        result.check = check_onnx(path, convert_model(copy.deepcopy(net.model).float().eval()), x)
+        result.check = check_onnx(target, convert_model(copy.deepcopy(net.model).float().eval()), x)
     return result

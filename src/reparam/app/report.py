@@ -104,6 +104,7 @@ class DemoReport:
     deploy_pt: Path
     onnx_path: Path
     seconds: dict[str, float] = field(default_factory=dict)
+    int8: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def check_lines(self) -> list[str]:
@@ -134,6 +135,8 @@ def _write_demo_tables(r: DemoReport) -> None:
     if blocks:
         write_csv(r.folder / "blocks.csv", blocks, overwrite=True)
     write_csv(r.folder / "validation.csv", [{"form": k, **v} for k, v in r.maps.items()], overwrite=True)
+    if r.int8:
+        write_csv(r.folder / "int8.csv", r.int8, overwrite=True)
     with atomic_path(r.folder / "results.csv", overwrite=True) as tmp:
         shutil.copyfile(r.run.results_csv, tmp)
 
@@ -151,6 +154,16 @@ def _write_demo_plots(r: DemoReport) -> None:
         plot_block_errors(names, errors, r.folder / "block_error.png", overwrite=True)
 
 
+def _int8_section(r: DemoReport) -> list[str]:
+    """INT8 rows: mAP (Ultralytics val, rect=False, batch 1), drop and batch-1 latency vs fp32 ONNX."""
+    if not r.int8:
+        return []
+    return [
+        "## INT8 (mAP at rect=False; latency batch 1, one thread, medians of interleaved rounds)", "",
+        markdown_table(r.int8), "",
+    ]  # fmt: skip
+
+
 def _demo_markdown(r: DemoReport) -> str:
     worst = sorted(r.v32.blocks, key=lambda b: b.max_rel, reverse=True)[:10]
     worst_rows = [
@@ -162,6 +175,7 @@ def _demo_markdown(r: DemoReport) -> str:
         "## Checks", "", *(f"- {line}" for line in r.check_lines), "",
         f"## Latency (medians of interleaved rounds; ratios to the {BASELINE})", "",
         markdown_table(profile_rows(r.profiles, BASELINE)), "", "![latency](latency.png)", "",
+        *_int8_section(r),
         "## Training", "", f"Run folder `{r.run.save_dir}`; checkpoint `{r.run.best}`.",
         f"Deploy checkpoint `{r.deploy_pt}`; ONNX `{r.onnx_path}`.", "",
         "![training curves](training_curves.png)", "",
