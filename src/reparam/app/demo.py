@@ -15,6 +15,7 @@ replaces what an earlier run wrote there, so the command can be repeated as is. 
 
 from __future__ import annotations
 
+import os
 import time
 import types
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from reparam.app.export import ONNX_RTOL, OnnxCheck, check_onnx, export_onnx, on
 from reparam.app.fonts import plot_fonts
 from reparam.app.models import load, plain_model, stride_imgsz
 from reparam.app.report import BASELINE, Checks, DemoReport, summary_rows, write_demo_report
-from reparam.app.train import TrainResult, train
+from reparam.app.train import TrainResult, train, use_threads
 from reparam.bench.profile import FormProfile, format_profiles, profile_forms
 from reparam.io import atomic_path
 from reparam.text import Progress, say
@@ -85,15 +86,19 @@ class _StageClock:
 
 @dataclass
 class Validator:
-    """Ultralytics validation on the demo's data and settings; one run folder per form under ``out``."""
+    """Ultralytics validation on the demo's data and settings; one run folder per form under ``out``.
+
+    ``threads``: torch CPU threads (every core; Ultralytics alone would use ``cpu_count - 1``)."""
 
     data: Path
     imgsz: int
     batch: int
     device: str
     out: Path
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def __call__(self, net: YOLO, name: str) -> dict[str, float]:
+        use_threads(net, self.threads)
         metrics = net.val(
             data=str(self.data), imgsz=self.imgsz, batch=self.batch, device=self.device, plots=False,
             verbose=False, project=str(self.out), name=name, exist_ok=True,
@@ -237,6 +242,7 @@ def _train(
     return train(
         model, data, epochs, v.imgsz, v.batch, v.device, project=v.out, name="train", exist_ok=True,
         nbs=v.batch, plots=False, amp=False, seed=0, deterministic=True, progress=progress, trust=trust,
+        threads=v.threads,
     )  # fmt: skip
 
 

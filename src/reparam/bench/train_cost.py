@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reparam.bench.profile import count_params
+from reparam.blocks.base import check_positive
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.registry import get_block
 from reparam.text import Progress, say, text_table
@@ -279,9 +280,7 @@ def run_train_cost(
     OREPA's extra memory (over plain) over DBB's extra memory. ``batch`` / ``imgsz`` override every
     network's own (e.g. batch 4, or a tiny smoke run).
     """
-    for name, value in (("batch", batch), ("imgsz", imgsz)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    check_positive(**{name: v for name, v in (("batch", batch), ("imgsz", imgsz)) if v is not None})
     if rounds < 1 or warmup < 0 or memory_steps < 1:
         raise ValueError(
             f"rounds and memory_steps must be >= 1 and warmup >= 0, got rounds={rounds}, "
