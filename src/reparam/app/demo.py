@@ -304,6 +304,7 @@ def run_demo(
         with stage(
             "benchmark", f"benchmark: training form vs converted vs plain, batch 1 and {throughput_batch}"
         ):
+            torch.set_num_threads(validate.threads)  # the thread count of training and validation
             plain = plain_model(proof.train_form)
             profiles = _benchmark(proof, plain, imgsz, (1, throughput_batch), rounds, progress)
         with stage("export", "export ONNX and check it in onnxruntime"):
