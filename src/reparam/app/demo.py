@@ -37,6 +37,7 @@ from reparam.app.models import load, plain_model, stride_imgsz
 from reparam.app.report import BASELINE, Checks, DemoReport, summary_rows, write_demo_report
 from reparam.app.train import TrainResult, train, use_threads
 from reparam.bench.profile import FormProfile, format_profiles, profile_forms
+from reparam.blocks.base import check_positive
 from reparam.io import atomic_path
 from reparam.text import Progress, say
 from reparam.verification import VerifyReport, default_rtol, relative_error, verify
@@ -275,18 +276,22 @@ def run_demo(
     throughput_batch: int = 8,
     progress: Progress | None = None,
     trust: bool = False,
+    threads: int | None = None,
 ) -> DemoResult:
     """The main job: train, validate, convert, verify, validate the deploy form, benchmark, export, report.
 
     Re-running replaces the files of the previous run in ``out``; ``trust=True`` reads ``model`` (and the
-    files trained from it) with full pickle."""
+    files trained from it) with full pickle. ``threads``: torch CPU threads of training, validation and
+    the benchmark (None: every core)."""
+    if threads is not None:
+        check_positive(threads=threads)
     out, imgsz = Path(out).resolve(), stride_imgsz(imgsz)
     load(model, trust=trust)  # refuse a bad or unsafe model before any work (data, training)
     stage = _StageClock(progress)
     with plot_fonts(), ultralytics_safe_load(trust):
         with stage("data", "data"):
             data_yaml, data_desc = resolve_data(data, tile=imgsz, progress=progress)
-        validate = Validator(data_yaml, imgsz, batch, device, out)
+        validate = Validator(data_yaml, imgsz, batch, device, out, threads or os.cpu_count() or 1)
         with stage("train", f"train {model} for {epochs} epochs at {imgsz}px on {device}"):
             run = _train(model, data_yaml, epochs, validate, trust, progress)
         with stage("validate training form", "validate the training form (unconverted)"):
