@@ -200,6 +200,13 @@ COMMANDS: dict[str, Command] = {
                     "throughput_batch", int_at_least(2), 8, "batch size of the throughput latency measurement"
                 ),
                 _TRUST,
+                Key(
+                    "threads",
+                    int_at_least(1),
+                    None,
+                    "torch CPU threads of training, validation and benchmark (default: every core; "
+                    "Ultralytics alone would use cpu_count - 1)",
+                ),
             ),
         ),
         Command(

@@ -17,6 +17,7 @@ replaces what an earlier run wrote there, so the command can be repeated as is. 
 from __future__ import annotations
 
 import importlib.util
+import os
 import tempfile
 import time
 import types
@@ -45,8 +46,9 @@ from reparam.app.report import (
     summary_rows,
     write_demo_report,
 )
-from reparam.app.train import TrainResult, train
+from reparam.app.train import TrainResult, train, use_threads
 from reparam.bench.profile import FormProfile, format_profiles, profile_forms
+from reparam.blocks.base import check_positive
 from reparam.checks import strict_bools
 from reparam.io import atomic_path
 from reparam.text import Progress, say
@@ -99,14 +101,18 @@ class _StageClock:
 @dataclass
 class Validator:
     """Ultralytics validation on the demo's data and settings. The metrics are the result: Ultralytics'
-    run folder (empty with ``plots=False``) goes to a temporary folder, removed afterwards."""
+    run folder (empty with ``plots=False``) goes to a temporary folder, removed afterwards.
+
+    ``threads``: torch CPU threads (every core; Ultralytics alone would use ``cpu_count - 1``)."""
 
     data: Path
     imgsz: int
     batch: int
     device: str
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def __call__(self, net: YOLO) -> dict[str, float]:
+        use_threads(net, self.threads)
         with tempfile.TemporaryDirectory(prefix="reparam-val-") as tmp:
             metrics = net.val(
                 data=str(self.data), imgsz=self.imgsz, batch=self.batch, device=self.device, plots=False,
@@ -280,6 +286,7 @@ def _train(
     return train(
         model, data, epochs, v.imgsz, v.batch, v.device, project=out, name="train", exist_ok=True,
         nbs=v.batch, plots=False, amp=False, seed=0, deterministic=True, progress=progress, trust=trust,
+        threads=v.threads,
     )  # fmt: skip
 
 
@@ -313,18 +320,22 @@ def run_demo(
     throughput_batch: int = 8,
     progress: Progress | None = None,
     trust: bool = False,
+    threads: int | None = None,
 ) -> DemoResult:
     """The main job: train, validate, convert, verify, validate the deploy form, benchmark, export, report.
 
     Re-running replaces the files of the previous run in ``out``; ``trust=True`` reads ``model`` (and the
-    files trained from it) with full pickle."""
+    files trained from it) with full pickle. ``threads``: torch CPU threads of training, validation and
+    the benchmark (None: every core)."""
+    if threads is not None:
+        check_positive(threads=threads)
     out, imgsz = Path(out).resolve(), stride_imgsz(imgsz)
     load(model, trust=trust)  # refuse a bad or unsafe model before any work (data, training)
     stage = _StageClock(progress)
     with plot_fonts(), ultralytics_safe_load(trust):
         with stage("data", "data"):
             data_yaml, data_desc = resolve_data(data, tile=imgsz, progress=progress)
-        validate = Validator(data_yaml, imgsz, batch, device)
+        validate = Validator(data_yaml, imgsz, batch, device, threads or os.cpu_count() or 1)
         with stage("train", f"train {model} for {epochs} epochs at {imgsz}px on {device}"):
             run = _train(model, data_yaml, epochs, validate, out, trust, progress)
         with stage("validate training form", "validate the training form (unconverted)"):
@@ -342,6 +353,7 @@ def run_demo(
         with stage(
             "benchmark", f"benchmark: training form vs converted vs plain, batch 1 and {throughput_batch}"
         ):
+            torch.set_num_threads(validate.threads)  # the thread count of training and validation
             plain = plain_model(proof.train_form)
             profiles = _benchmark(proof, plain, imgsz, (1, throughput_batch), rounds, progress)
         with stage("export", "export ONNX and check it in onnxruntime; INT8 forms, their mAP and latency"):

@@ -1,9 +1,10 @@
 """Training cost per block type: step time and peak memory of the same network built with each block.
 
-Two networks, every kxk conv built from the block registry (``get_block``): (a) a ResNet-18-shaped
-classifier at 112 px, batch 16, and (b) a YOLOv8n-sized backbone (the channel/stride plan of YOLOv8n's
+Three networks, every kxk conv built from the block registry (``get_block``): (a) a ResNet-18-shaped
+classifier at 112 px, batch 16, (b) a YOLOv8n-sized backbone (the channel/stride plan of YOLOv8n's
 backbone, its 3x3 convs swapped, 1x1 convs and SPPF plain) with a pooled classifier head, 320 px,
-batch 8. A step is forward + cross-entropy + backward + SGD (momentum 0.9) step.
+batch 8, and (c) a plain stack of eight 3x3 convs (widths 32-256) at 112 px, batch 16, where nothing
+but the swapped convs costs time. A step is forward + cross-entropy + backward + SGD (momentum 0.9) step.
 
 Time: all block types of a network live in one process and are stepped in interleaved rounds (a
 rotating order), so machine drift hits them alike; medians are reported. Memory: each case runs in a
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reparam.bench.profile import count_params
+from reparam.blocks.base import check_positive
 from reparam.blocks.conv import ConvBNAct
 from reparam.blocks.registry import get_block
 from reparam.text import Progress, say, text_table
@@ -35,6 +37,7 @@ __all__ = [
     "BLOCKS",
     "NETWORKS",
     "build_network",
+    "conv8",
     "format_train_cost",
     "resnet18_like",
     "run_train_cost",
@@ -44,7 +47,11 @@ __all__ = [
 BLOCKS: dict[str, str] = {"plain": "ConvBNAct", "RepVGG": "RepVGGBlock", "DBB": "DBB", "OREPA": "OREPA"}
 """Block label -> registry name; "plain" is Conv + BN (+ activation)."""
 
-NETWORKS: dict[str, tuple[int, int]] = {"resnet18@112": (112, 16), "yolov8n-backbone@320": (320, 8)}
+NETWORKS: dict[str, tuple[int, int]] = {
+    "resnet18@112": (112, 16),
+    "yolov8n-backbone@320": (320, 8),
+    "conv8@112": (112, 16),
+}
 """Network -> (image size, batch size)."""
 
 TABLE_COLUMNS = (
@@ -136,6 +143,26 @@ def yolov8n_backbone(block: type[nn.Module], num_classes: int = 10) -> nn.Module
     return nn.Sequential(*layers)
 
 
+CONV8_PLAN = (
+    (3, 32, 2),
+    (32, 32, 1),
+    (32, 64, 2),
+    (64, 64, 1),
+    (64, 128, 2),
+    (128, 128, 1),
+    (128, 256, 2),
+    (256, 256, 1),
+)
+"""(c1, c2, stride) of the eight 3x3 convs of :func:`conv8`."""
+
+
+def conv8(block: type[nn.Module], num_classes: int = 10) -> nn.Module:
+    """Eight 3x3 ``block`` layers with ReLU (widths 32-256, four stride-2 stages) and a pooled linear head."""
+    layers: list[nn.Module] = [block(c1, c2, 3, s, act=nn.ReLU()) for c1, c2, s in CONV8_PLAN]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(CONV8_PLAN[-1][1], num_classes)]
+    return nn.Sequential(*layers)
+
+
 def build_network(network: str, block_label: str) -> nn.Module:
     """The benchmark network ``network`` (a key of NETWORKS) built with the block labelled ``block_label``."""
     if network not in NETWORKS:
@@ -143,14 +170,16 @@ def build_network(network: str, block_label: str) -> nn.Module:
     if block_label not in BLOCKS:
         raise ValueError(f"block_label must be one of {sorted(BLOCKS)}, got {block_label!r}")
     block = get_block(BLOCKS[block_label])
+    if network.startswith("conv8"):
+        return conv8(block)
     return resnet18_like(block) if network.startswith("resnet18") else yolov8n_backbone(block)
 
 
 def _case(
-    network: str, block_label: str, seed: int
+    network: str, block_label: str, size: tuple[int, int], seed: int
 ) -> tuple[nn.Module, Tensor, Tensor, torch.optim.Optimizer]:
     torch.manual_seed(seed)
-    imgsz, batch = NETWORKS[network]
+    imgsz, batch = size
     model = build_network(network, block_label).train()
     x = torch.randn(batch, 3, imgsz, imgsz)
     y = torch.randint(0, 10, (batch,))
@@ -172,20 +201,22 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} field (peak memory needs Linux)")
 
 
-def _memory_worker(network: str, block_label: str, steps: int, threads: int, queue: mp.Queue) -> None:
+def _memory_worker(
+    network: str, block_label: str, size: tuple[int, int], steps: int, threads: int, queue: mp.Queue
+) -> None:
     torch.set_num_threads(threads)
-    model, x, y, opt = _case(network, block_label, 0)
+    model, x, y, opt = _case(network, block_label, size, 0)
     before = _rss_kib("VmHWM")
     for _ in range(steps):
         _step(model, x, y, opt)
     queue.put((_rss_kib("VmHWM") - before) / 1024.0)
 
 
-def _peak_train_memory_mb(network: str, block_label: str, steps: int) -> float:
+def _peak_train_memory_mb(network: str, block_label: str, size: tuple[int, int], steps: int) -> float:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(
-        target=_memory_worker, args=(network, block_label, steps, torch.get_num_threads(), queue)
+        target=_memory_worker, args=(network, block_label, size, steps, torch.get_num_threads(), queue)
     )
     proc.start()
     while True:
@@ -202,9 +233,14 @@ def _peak_train_memory_mb(network: str, block_label: str, steps: int) -> float:
 
 
 def _step_times_ms(
-    network: str, labels: Sequence[str], rounds: int, warmup: int, progress: Progress | None
+    network: str,
+    labels: Sequence[str],
+    size: tuple[int, int],
+    rounds: int,
+    warmup: int,
+    progress: Progress | None,
 ) -> dict[str, list[float]]:
-    cases = {label: _case(network, label, 0) for label in labels}
+    cases = {label: _case(network, label, size, 0) for label in labels}
     for label, case in cases.items():
         for _ in range(warmup):
             _step(*case)
@@ -222,6 +258,11 @@ def _step_times_ms(
     return samples
 
 
+def _median_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of ``a``'s step time over ``b``'s in the same round (drift cancels)."""
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+
+
 def run_train_cost(
     networks: Sequence[str] = tuple(NETWORKS),
     blocks: Sequence[str] = tuple(BLOCKS),
@@ -229,12 +270,17 @@ def run_train_cost(
     warmup: int = 2,
     memory_steps: int = 3,
     progress: Progress | None = None,
+    batch: int | None = None,
+    imgsz: int | None = None,
 ) -> list[dict[str, object]]:
     """Measure training step time (median of ``rounds`` interleaved steps) and peak training memory.
 
-    Returns one row per (network, block) with ratios to "plain" and, on the OREPA row, OREPA's step time
-    over DBB's and OREPA's extra memory (over plain) over DBB's extra memory.
+    Returns one row per (network, block) with time ratios to "plain" (medians of per-round ratios, so
+    machine drift between rounds cancels) and, on the OREPA row, OREPA's step time over DBB's and
+    OREPA's extra memory (over plain) over DBB's extra memory. ``batch`` / ``imgsz`` override every
+    network's own (e.g. batch 4, or a tiny smoke run).
     """
+    check_positive(**{name: v for name, v in (("batch", batch), ("imgsz", imgsz)) if v is not None})
     if rounds < 1 or warmup < 0 or memory_steps < 1:
         raise ValueError(
             f"rounds and memory_steps must be >= 1 and warmup >= 0, got rounds={rounds}, "
@@ -249,25 +295,25 @@ def run_train_cost(
     for network in networks:
         if network not in NETWORKS:
             raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {network!r}")
-        imgsz, batch = NETWORKS[network]
+        size = (imgsz or NETWORKS[network][0], batch or NETWORKS[network][1])
         say(
             progress,
             f"== {network}: step time, {rounds} interleaved rounds, {torch.get_num_threads()} threads",
         )
-        samples = _step_times_ms(network, blocks, rounds, warmup, progress)
+        samples = _step_times_ms(network, blocks, size, rounds, warmup, progress)
         medians = ", ".join(f"{b} {statistics.median(t):.0f}" for b, t in samples.items())
         say(progress, f"  median step ms: {medians}")
         memory: dict[str, float] = {}
         for label in blocks:
             say(progress, f"  peak memory {label} (fresh subprocess, {memory_steps} steps)")
-            memory[label] = _peak_train_memory_mb(network, label, memory_steps)
+            memory[label] = _peak_train_memory_mb(network, label, size, memory_steps)
         med = {label: statistics.median(s) for label, s in samples.items()}
         for label in blocks:
             model = build_network(network, label)
             row: dict[str, object] = {
                 "network": network,
-                "imgsz": imgsz,
-                "batch": batch,
+                "imgsz": size[0],
+                "batch": size[1],
                 "block": label,
                 "params_M": round(count_params(model) / 1e6, 3),
                 "step_ms": round(med[label], 1),
@@ -277,14 +323,14 @@ def run_train_cost(
                 "step_p90_ms": round(statistics.quantiles(samples[label], n=10)[-1], 1)
                 if rounds > 1
                 else round(med[label], 1),
-                "time_x_plain": round(med[label] / med["plain"], 3),
+                "time_x_plain": round(_median_ratio(samples, label, "plain"), 3),
                 "train_mem_MB": round(memory[label], 1),
                 "mem_x_plain": round(memory[label] / memory["plain"], 3),
                 "extra_mem_MB": round(memory[label] - memory["plain"], 1),
             }
             if label == "OREPA" and "DBB" in blocks:
                 dbb_extra = memory["DBB"] - memory["plain"]
-                row["time_x_dbb"] = round(med["OREPA"] / med["DBB"], 3)
+                row["time_x_dbb"] = round(_median_ratio(samples, "OREPA", "DBB"), 3)
                 row["extra_mem_x_dbb"] = (
                     round((memory["OREPA"] - memory["plain"]) / dbb_extra, 3)
                     if dbb_extra > 0

@@ -180,14 +180,23 @@ class OREPAKernel(nn.Module):
         return _cast(self.generate(), _compute_dtype(self.weight_origin))
 
 
+def _scaled_transpose(x: Tensor, scale: Tensor) -> Tensor:
+    """``x`` of shape ``(n, a, b)`` as ``(n, b, a)`` contiguous, row ``j`` times ``scale[j]``: one pass."""
+    n, a, b = x.shape
+    out = x.new_empty(n, b, a)
+    return torch.mul(x.transpose(1, 2), scale.view(n, 1, 1), out=out)
+
+
 class _GenerateKernel(torch.autograd.Function):
     """OREPA's kernel generation with a hand-written backward.
 
     Why: autograd of the same expression keeps kernel-sized temporaries alive for backward and spends
-    most of its time in broadcast products and per-batch copies. Here forward accumulates every branch
-    in place into one ``(O, k*k, I/g)`` buffer (rows contiguous, so the 1x1 -> kxk contraction is one
-    GEMM per group, ``baddbmm_``), saves only the parameters themselves, and backward derives each
-    gradient with one GEMM or one reduction, reusing the GEMM results for the scale gradients.
+    most of its time in broadcast products and layout copies. Here every pass over a kernel-sized tensor
+    does several jobs at once: forward runs the 1x1 -> kxk contraction as one GEMM per group in
+    ``(O, k*k, I/g)`` order, adds the fixed-filter branches with one batched GEMM and the depthwise-
+    separable one with one strided pass, and writes the result in ``(O, I/g, k, k)`` order while adding
+    the origin branch. Only the parameters are saved; backward derives each gradient with one GEMM, one
+    scaled copy or one reduction.
     """
 
     @staticmethod
@@ -205,24 +214,26 @@ class _GenerateKernel(torch.autograd.Function):
         *factors: Tensor,
     ) -> Tensor:
         o, g, k, t, ig, fixed_rows, r3, r5 = geom
-        og, tg, kk = o // g, t // g, k * k
-        # 5: depthwise (8 per input channel) -> pointwise: a GEMM per input channel, batched.
-        pwv = pw.view(o, ig, EXPAND) * vector[r5].view(o, 1, 1)
-        pw_b = pwv.view(g, og, ig, EXPAND).transpose(1, 2).reshape(g * ig, og, EXPAND)
-        k5 = torch.bmm(pw_b, dw.view(g * ig, EXPAND, kk))  # (g*ig, og, kk)
-        acc = k5.view(g, ig, og, kk).permute(0, 2, 3, 1).reshape(o, kk, ig).contiguous()
-        # 0: origin; 1, 2, (4): 1x1 factors times their fixed filters (mean, DCT prior, centre tap).
-        acc.addcmul_(w0.view(o, ig, kk).transpose(1, 2), vector[0].view(o, 1, 1))
-        scaled = fixed * vector[list(fixed_rows)].view(len(fixed_rows), o, 1, 1)  # (nf, O, kk, 1)
-        for factor, filt in zip(factors, scaled, strict=True):
-            acc.addcmul_(factor.view(o, 1, ig), filt)
-        # 3: (identity + delta) 1x1 -> kxk: one GEMM per group over T, accumulated in place.
+        og, tg, kk, nf = o // g, t // g, k * k, len(fixed_rows)
+        # 3: (identity + delta) 1x1 -> kxk: conv2 scaled into (O, kk, T/g) order, one GEMM per group.
         c1 = (delta.view(t, ig) + ident).view(g, tg, ig)
-        c2v = (c2w.view(o, tg, kk) * vector[r3].view(o, 1, 1)).view(g, og, tg, kk)
-        acc.view(g, og * kk, ig).baddbmm_(c2v.transpose(2, 3).reshape(g, og * kk, tg), c1)
+        c2t = _scaled_transpose(c2w.view(o, tg, kk), vector[r3])
+        acc = torch.bmm(c2t.view(g, og * kk, tg), c1).view(o, kk, ig)
+        # 1, 2, (4): per output channel, (kk, nf) scaled fixed filters times (nf, I/g) factors.
+        filt = fixed.view(nf, o, kk) * vector[list(fixed_rows)].view(nf, o, 1)
+        acc.baddbmm_(filt.permute(1, 2, 0), torch.stack([f.view(o, ig) for f in factors], 1))
+        # 5: depthwise (8 per input channel) -> pointwise: a GEMM per input channel, batched.
+        pw_b = pw.view(g, og, ig, EXPAND).transpose(1, 2).reshape(g * ig, og, EXPAND)
+        k5 = torch.bmm(pw_b, dw.view(g * ig, EXPAND, kk)).view(g, ig, og, kk).permute(0, 2, 3, 1)
+        acc.view(g, og, kk, ig).addcmul_(k5, vector[r5].view(g, og, 1, 1))
+        # 0: origin, added while writing the kernel in (O, I/g, k, k) order.
+        out = torch.empty_like(w0)
+        torch.addcmul(
+            acc.transpose(1, 2), w0.view(o, ig, kk), vector[0].view(o, 1, 1), out=out.view(o, ig, kk)
+        )
         ctx.geom = geom
         ctx.save_for_backward(vector, w0, delta, c2w, dw, pw, fixed, ident, *factors)
-        return acc.view(o, k, k, ig).permute(0, 3, 1, 2).contiguous()
+        return out
 
     @staticmethod
     @once_differentiable
@@ -234,41 +245,36 @@ class _GenerateKernel(torch.autograd.Function):
     def gradients(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         """Gradients of every input, in the dtype forward received (the generator's work dtype)."""
         o, g, k, t, ig, fixed_rows, r3, r5 = ctx.geom
-        og, tg, kk = o // g, t // g, k * k
+        og, tg, kk, nf = o // g, t // g, k * k, len(fixed_rows)
+        rows = list(fixed_rows)
         vector, w0, delta, c2w, dw, pw, fixed, ident, *factors = ctx.saved_tensors
-        grad = grad.contiguous()
-        gt = grad.permute(0, 2, 3, 1).reshape(o, kk, ig).contiguous()  # (O, kk, I/g)
-        gvec = torch.zeros_like(vector)
+        gk = grad.contiguous().view(o, ig, kk)
+        gt = gk.transpose(1, 2).contiguous()  # (O, kk, I/g): the GEMM order of branches 1-4
+        gvec = torch.empty_like(vector)  # every row is written below
         # 0: origin.
-        g_w0 = grad * vector[0].view(o, 1, 1, 1)
-        gvec[0] = (grad * w0).view(o, -1).sum(1)
-        # 1, 2, (4): h[o, b, i] = sum_s filter_b[o, s] grad[o, i, s].
-        h = torch.bmm(fixed.view(len(fixed_rows), o, kk).transpose(0, 1), gt)  # (O, nf, I/g)
-        g_factors = []
-        for b, (row, factor) in enumerate(zip(fixed_rows, factors, strict=True)):
-            g_factors.append((h[:, b] * vector[row].view(o, 1)).reshape(factor.shape))
-            gvec[row] = (h[:, b] * factor.view(o, ig)).sum(1)
-        # 3: r[o, t, s] = sum_i grad[o, i, s] c1[t, i]; grads of conv2, of its scale, and of delta.
+        g_w0 = (gk * vector[0].view(o, 1, 1)).view(w0.shape)
+        gvec[0] = (gk * w0.view(o, ig, kk)).sum((1, 2))
+        # 1, 2, (4): h[o, b, i] = sum_s filter_b[o, s] grad[o, i, s], one batched GEMM.
+        h = torch.bmm(fixed.view(nf, o, kk).transpose(0, 1), gt)  # (O, nf, I/g)
+        g_fac = h * vector[rows].t().reshape(o, nf, 1)
+        gvec[rows] = (h * torch.stack([f.view(o, ig) for f in factors], 1)).sum(2).t()
+        g_factors = [g_fac[:, b].reshape(f.shape) for b, f in enumerate(factors)]
+        # 3: r[o, s, t] = sum_i grad[o, i, s] c1[t, i]; grads of conv2, of its scale, and of delta.
         c1 = (delta.view(t, ig) + ident).view(g, tg, ig)
-        r = (
-            torch.bmm(gt.view(g, og * kk, ig), c1.transpose(1, 2))
-            .view(o, kk, tg)
-            .transpose(1, 2)
-            .contiguous()
-        )
-        g_c2 = (r * vector[r3].view(o, 1, 1)).reshape(c2w.shape)
-        gvec[r3] = (r * c2w.view(o, tg, kk)).sum((1, 2))
-        c2v = (c2w.view(o, tg, kk) * vector[r3].view(o, 1, 1)).view(g, og, tg, kk)
-        g_delta = torch.bmm(c2v.transpose(1, 2).reshape(g, tg, og * kk), gt.view(g, og * kk, ig))
-        # 5: q[o, i, e] = sum_s grad[o, i, s] dw[i, e, s]; grads of pointwise, of its scale, of depthwise.
-        gb = grad.view(g, og, ig, kk).transpose(1, 2).reshape(g * ig, og, kk)
-        q = torch.bmm(gb, dw.view(g * ig, EXPAND, kk).transpose(1, 2))  # (g*ig, og, E)
-        q = q.view(g, ig, og, EXPAND).transpose(1, 2).reshape(o, ig, EXPAND)
-        pw3 = pw.view(o, ig, EXPAND)
-        g_pw = (q * vector[r5].view(o, 1, 1)).reshape(pw.shape)
-        gvec[r5] = (q * pw3).sum((1, 2))
-        pwv_b = (pw3 * vector[r5].view(o, 1, 1)).view(g, og, ig, EXPAND).transpose(1, 2)
-        g_dw = torch.bmm(pwv_b.reshape(g * ig, og, EXPAND).transpose(1, 2), gb).reshape(dw.shape)
+        r = torch.bmm(gt.view(g, og * kk, ig), c1.transpose(1, 2)).view(o, kk, tg)
+        g_c2 = _scaled_transpose(r, vector[r3]).view(c2w.shape)
+        gvec[r3] = (r * c2w.view(o, tg, kk).transpose(1, 2)).sum((1, 2))
+        c2t = _scaled_transpose(c2w.view(o, tg, kk), vector[r3])
+        g_delta = torch.bmm(c2t.view(g, og * kk, tg).transpose(1, 2), gt.view(g, og * kk, ig))
+        # 5: q[i, o, e] = sum_s grad[o, i, s] dw[i, e, s]; grads of pointwise, of its scale, of depthwise.
+        gb = gk.view(g, og, ig, kk).transpose(1, 2).reshape(g * ig, og, kk)
+        q = torch.bmm(gb, dw.view(g * ig, EXPAND, kk).transpose(1, 2)).view(g, ig, og, EXPAND).transpose(1, 2)
+        v5 = vector[r5].view(g, og, 1, 1)
+        pw4 = pw.view(g, og, ig, EXPAND)
+        g_pw = torch.mul(q, v5, out=torch.empty_like(pw).view(g, og, ig, EXPAND)).view(pw.shape)
+        gvec[r5] = (q * pw4).sum((2, 3)).view(o)
+        pwv_b = (pw4 * v5).transpose(1, 2).reshape(g * ig, og, EXPAND)
+        g_dw = torch.bmm(pwv_b.transpose(1, 2), gb).reshape(dw.shape)
         return (None, gvec, g_w0, g_delta.reshape(delta.shape), g_c2, g_dw, g_pw, None, None, *g_factors)
 
 
