@@ -81,11 +81,13 @@ class _Sentinel:
 
 
 def _call_with(obj: Callable, param: str, value: object) -> None:
-    """``obj`` with ``param=value``, a sentinel for every other required argument, defaults elsewhere."""
+    """``obj`` with ``param=value``, True for every other required switch, a sentinel for every other
+    required argument, defaults elsewhere."""
     target = obj.__init__ if inspect.isclass(obj) else obj
+    switches = bool_parameters(obj)
     args, kwargs = [], {}
     for p in list(inspect.signature(target).parameters.values())[inspect.isclass(obj) :]:
-        v = value if p.name == param else _Sentinel()
+        v = value if p.name == param else True if p.name in switches else _Sentinel()
         if p.kind is p.POSITIONAL_ONLY:
             args.append(v)
         elif p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and (p.name == param or p.default is p.empty):

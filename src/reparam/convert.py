@@ -385,8 +385,10 @@ def _plan(model: nn.Module, opaque: Callable[[nn.Module], bool]) -> tuple[list[_
 
 def _opaque_before(module: nn.Module) -> bool:
     """Blocks whose own method converts their subtree (containers are opened: their blocks convert)."""
-    return conversion_method(module) is not None and not is_deployed(module) and not (
-        isinstance(module, ReparamContainer)
+    return (
+        conversion_method(module) is not None
+        and not is_deployed(module)
+        and not (isinstance(module, ReparamContainer))
     )
 
 

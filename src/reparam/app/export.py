@@ -97,6 +97,7 @@ def check_onnx(path: Path, reference: nn.Module, x: Tensor) -> OnnxCheck:
     return OnnxCheck(*relative_error(want, got), onnx_ops(path))
 
 
+@strict_bools
 def export_target(model: str | Path, format: str, *, int8: bool = False) -> Path:
     """Where ``reparam export`` writes ``model``'s export by default: next to a ``.pt`` file, in the working
     folder for a YAML (named after it), with the format's suffix (a file such as ``.onnx`` or a

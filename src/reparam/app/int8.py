@@ -26,6 +26,7 @@ from ultralytics import YOLO
 from reparam.app.data import check_data_yaml, resolve_data
 from reparam.bench.latency import compare_latency
 from reparam.bench.report import write_csv
+from reparam.checks import strict_bools
 from reparam.io import atomic_path, check_writable
 from reparam.text import Progress, say
 from reparam.yolo.export import export_atomic
@@ -174,6 +175,7 @@ def _skip_spec(int8_skip: str | None) -> tuple[int | None, list[str]]:
     return None, [n.strip() for n in spec.split(",") if n.strip()]
 
 
+@strict_bools
 def plan_int8(
     net: YOLO,
     fmt: str,
@@ -258,6 +260,7 @@ def _outputs(path: Path, images: np.ndarray) -> np.ndarray:
     )
 
 
+@strict_bools
 def quantize_onnx(
     net: YOLO,
     target: Path,

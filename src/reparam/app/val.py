@@ -13,6 +13,7 @@ from ultralytics import YOLO
 
 from reparam.app.data import resolve_data
 from reparam.app.models import load, stride_imgsz
+from reparam.checks import strict_bools
 from reparam.text import Progress
 from reparam.yolo.safety import ultralytics_safe_load
 
@@ -39,6 +40,7 @@ class ValResult:
         )
 
 
+@strict_bools
 def open_form(model: str | Path, *, trust: bool = False) -> YOLO:
     """A YOLO object for any form: ``.pt``/YAML read as :func:`load` reads them, ``.onnx`` files and
     ``_openvino_model`` folders through Ultralytics' AutoBackend (no code runs from them)."""
@@ -52,6 +54,7 @@ def open_form(model: str | Path, *, trust: bool = False) -> YOLO:
     return load(model, trust=trust)
 
 
+@strict_bools
 def validate(
     model: str | Path,
     data: str | Path | None = None,

@@ -17,6 +17,7 @@ from typing import Any
 from ultralytics import YOLO
 from ultralytics.utils import checks
 
+from reparam.checks import strict_bools
 from reparam.io import OverwriteRefusedError, atomic_path
 from reparam.text import first_line
 from reparam.yolo.safety import ultralytics_safe_load
@@ -63,6 +64,7 @@ def format_arguments(format: str) -> list[str]:
     return _table()[format.lower()][1]
 
 
+@strict_bools
 def check_target(out: str | Path, format: str, overwrite: bool) -> Path:
     """Refuse, before any work, an output path that cannot receive ``format``: a name ending in a path
     separator, a directory where a file goes (or a file where a folder goes), an existing export without
@@ -165,6 +167,7 @@ def _run(net: YOLO, stage: Path, stem: str, trust: bool, args: dict[str, Any]) -
             model.pt_path = before
 
 
+@strict_bools
 def export_atomic(
     net: YOLO, target: Path, *, overwrite: bool = False, trust: bool = False, **args: Any
 ) -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from reparam.checks import strict_bools
 from reparam.verification import relative_error
 
 __all__ = [
@@ -150,6 +151,7 @@ def _quant_type(name: str) -> Any:
     return {"QInt8": QuantType.QInt8, "QUInt8": QuantType.QUInt8}[name]
 
 
+@strict_bools
 def quantize_detector(
     fp32: Path,
     out: Path,
@@ -275,6 +277,7 @@ def _outputs(path: Path, images: np.ndarray) -> np.ndarray:
     return np.concatenate([s.run(None, {_INPUT: images[i : i + 1]})[0] for i in range(len(images))])
 
 
+@strict_bools
 def rank_sensitivity(
     fp32: Path,
     images: np.ndarray,
