@@ -29,7 +29,8 @@ def _kernel_macs(gen: OREPAKernel) -> int:
     """MACs of one OREPAKernel generation: every branch's contribution to the ``(O, I/g, k, k)`` kernel."""
     o, ig, kk = gen.c2, gen.c1 // gen.g, gen.k * gen.k
     fixed = 2 + (gen.weight_1x1 is not None)  # mean filter, DCT prior, [centre tap]
-    per_tap = 1 + fixed + EXPAND + gen.t // gen.g  # origin, fixed-filter factors, dw->pw, 1x1->kxk
+    # origin (scaled add), fixed-filter factors, dw->pw product and its scaled add, 1x1->kxk
+    per_tap = 1 + fixed + EXPAND + 1 + gen.t // gen.g
     return o * ig * kk * per_tap
 
 
