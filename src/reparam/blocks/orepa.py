@@ -53,6 +53,10 @@ __all__ = [
     "orepa_internal_width",
 ]
 
+INIT_HYPER_PARA = 1.0
+"""Default ``init_hyper_para`` of :class:`OREPAKernel` (the reference's option: every branch's initial kernel
+is scaled by it)."""
+
 EXPAND = 8  # depthwise expansion of the linear depthwise-separable branch (reference: expand_ratio)
 
 
@@ -108,9 +112,22 @@ class OREPAKernel(nn.Module):
     OREPA_LargeConv wrap it.
     """
 
-    def __init__(self, c1: int, c2: int, k: int = 3, g: int = 1, branch_1x1: bool = True) -> None:
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int = 3,
+        g: int = 1,
+        branch_1x1: bool = True,
+        *,
+        init_hyper_para: float = INIT_HYPER_PARA,
+        init_hyper_gamma: float = 1.0,
+    ) -> None:
         super().__init__()
         check_positive(c1=c1, c2=c2, k=k, g=g)
+        for name, value in (("init_hyper_para", init_hyper_para), ("init_hyper_gamma", init_hyper_gamma)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"OREPAKernel: {name} must be a finite number > 0, got {value!r}")
         check_divisible(g, c1=c1, c2=c2)
         if k < 3 or k % 2 == 0:
             raise ValueError(f"OREPAKernel: kernel size k={k} must be odd and >= 3 (k = 1: use OREPA_1x1)")
@@ -139,7 +156,14 @@ class OREPAKernel(nn.Module):
                 nn.init.kaiming_uniform_(w, a=0.0)
         # Row order as in the paper: origin, avg, prior, 1x1->kxk, [1x1], depthwise-separable.
         init = [0.25, 0.25, 0.0, 0.5] + ([1.0] if branch_1x1 else []) + [0.5]
-        self.vector = nn.Parameter(torch.tensor(init)[:, None].repeat(1, c2))
+        self.vector = nn.Parameter(torch.tensor(init)[:, None].repeat(1, c2) * math.sqrt(init_hyper_gamma))
+        with torch.no_grad():  # the reference's scaling: every branch's kernel times init_hyper_para
+            for w in (self.weight_origin, self.weight_avg, self.weight_prior, self.weight_1x1):
+                if w is not None:
+                    w.mul_(init_hyper_para)
+            self.weight_1x1_kxk_conv2.mul_(init_hyper_para)
+            self.weight_dw.mul_(math.sqrt(init_hyper_para))
+            self.weight_pw.mul_(math.sqrt(init_hyper_para))
         # Fixed k x k filters that the 1x1 factors multiply: mean filter, DCT prior, [centre tap].
         fixed = [torch.full((c2, k, k), 1.0 / k**2), frequency_prior(c2, k)]
         if branch_1x1:
@@ -315,6 +339,9 @@ class OREPA(ReparamBlock):
         d: int = 1,
         act: Act = True,
         large: bool = False,
+        *,
+        init_hyper_para: float = INIT_HYPER_PARA,
+        init_hyper_gamma: float = 1.0,
     ) -> None:
         if large is not False or k == 1:
             which = "OREPA_LargeConv" if large is not False else "OREPA_1x1"
@@ -324,7 +351,8 @@ class OREPA(ReparamBlock):
             )
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
         super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))
-        self.gen = OREPAKernel(c1, c2, k, g)
+        hyper = {"init_hyper_para": init_hyper_para, "init_hyper_gamma": init_hyper_gamma}
+        self.gen = OREPAKernel(c1, c2, k, g, **hyper)
         self.bn = nn.BatchNorm2d(c2)
 
     def forward_train(self, x: Tensor) -> Tensor:
