@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,23 +9,12 @@ from reparam.app.data import resolve_data
 from reparam.app.fonts import plot_fonts
 from reparam.app.models import check_checkpoint, load, stride_imgsz
 from reparam.text import Progress
-from reparam.yolo import ReparamDetectionTrainer
 from reparam.yolo.safety import ultralytics_safe_load
+from reparam.yolo.trainer import TrainResult, train_detector
 
 __all__ = ["TrainResult", "train"]
 
 _CHECKPOINT_KEYS = ("resume", "pretrained")  # Ultralytics train keys that may name a checkpoint to read
-
-
-@dataclass
-class TrainResult:
-    """Where a training run wrote its outputs."""
-
-    save_dir: Path
-    best: Path
-    last: Path
-    results_csv: Path
-    data: Path
 
 
 def train(
@@ -55,19 +43,14 @@ def train(
     net = load(model, trust=trust)
     data_yaml, _ = resolve_data(data, progress=progress)
     with plot_fonts(), ultralytics_safe_load(trust):
-        net.train(
-            data=str(data_yaml),
+        return train_detector(
+            net,
+            data_yaml,
             epochs=epochs,
             imgsz=imgsz,
             batch=batch,
             device=device,
             project=str(Path(project).resolve()),
             name=name,
-            trainer=ReparamDetectionTrainer,
             **overrides,
         )
-    save_dir = Path(net.trainer.save_dir)
-    weights = save_dir / "weights"
-    return TrainResult(
-        save_dir, weights / "best.pt", weights / "last.pt", save_dir / "results.csv", data_yaml
-    )
