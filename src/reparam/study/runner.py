@@ -369,8 +369,9 @@ def run_study(
     variants = list(known if variants is None else variants)
     epochs = DEFAULT_EPOCHS.get(task, 1) if epochs is None else epochs
     lrs = list(DEFAULT_LRS.get(task, (0.1,)) if lrs is None else lrs)
-    seeds, sweep_seeds = list(seeds), list(sweep_seeds) if len(lrs) > 1 else []
-    _check_args(task, variants, known, seeds, lrs, sweep_seeds or [0], epochs=epochs, num_threads=num_threads)
+    seeds, sweep_seeds = list(seeds), list(sweep_seeds)
+    _check_args(task, variants, known, seeds, lrs, sweep_seeds, epochs=epochs, num_threads=num_threads)
+    sweep_seeds = sweep_seeds if len(lrs) > 1 else []  # one rate: nothing to choose, no sweep
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={out} is a file, expected a folder for the study report")
