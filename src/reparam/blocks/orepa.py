@@ -126,7 +126,9 @@ class OREPAKernel(nn.Module):
         super().__init__()
         check_positive(c1=c1, c2=c2, k=k, g=g)
         for name, value in (("init_hyper_para", init_hyper_para), ("init_hyper_gamma", init_hyper_gamma)):
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float) and math.isfinite(value) and value > 0
+            ):
                 raise ValueError(f"OREPAKernel: {name} must be a finite number > 0, got {value!r}")
         check_divisible(g, c1=c1, c2=c2)
         if k < 3 or k % 2 == 0:
