@@ -40,6 +40,9 @@ CANDIDATES: dict[str, tuple[dict[str, float], float]] = {
         {"init_hyper_para": 0.55, "init_hyper_gamma": 1.0},
         1.0,
     ),
+    "init_hyper_para 0.20": ({"init_hyper_para": 0.2, "init_hyper_gamma": 1.0}, 1.0),
+    "init_hyper_para 0.15": ({"init_hyper_para": 0.15, "init_hyper_gamma": 1.0}, 1.0),
+    "init_hyper_para 0.10": ({"init_hyper_para": 0.1, "init_hyper_gamma": 1.0}, 1.0),
     "init_hyper_gamma 0.09 (kernel std = plain's)": ({"init_hyper_para": 1.0, "init_hyper_gamma": 0.09}, 1.0),
     "generator lr x4 (param group)": ({"init_hyper_para": 1.0, "init_hyper_gamma": 1.0}, 4.0),
 }

@@ -349,7 +349,7 @@ COMMANDS: dict[str, Command] = {
                     "epochs",
                     optional(int_at_least(1)),
                     None,
-                    "epochs per run (default 3 classification, 10 detection)",
+                    "epochs per run (default 3 classification, 30 detection)",
                 ),
                 Key(
                     "int8", boolean, False, "also quantize each deploy form to INT8 (onnxruntime static PTQ)"
