@@ -352,7 +352,10 @@ COMMANDS: dict[str, Command] = {
                     "epochs per run (default 3 classification, 30 detection)",
                 ),
                 Key(
-                    "int8", boolean, False, "also quantize each deploy form to INT8 (onnxruntime static PTQ)"
+                    "int8",
+                    boolean,
+                    False,
+                    "also quantize each deploy form to INT8 (onnxruntime static PTQ, per-channel and per-tensor)",
                 ),
                 _DEVICE,
                 Key(
