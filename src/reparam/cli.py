@@ -355,7 +355,7 @@ COMMANDS: dict[str, Command] = {
                     "int8",
                     boolean,
                     False,
-                    "also quantize each deploy form to INT8 (onnxruntime static PTQ, per-channel and per-tensor)",
+                    "also quantize each deploy form to INT8 (onnxruntime PTQ, per-channel and per-tensor)",
                 ),
                 _DEVICE,
                 Key(
