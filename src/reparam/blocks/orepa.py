@@ -57,8 +57,8 @@ INIT_HYPER_PARA = 0.2
 """Default ``init_hyper_para`` of :class:`OREPA`: the reference code's option, every branch's initial kernel
 times it (the reference default is 1.0). Why 0.2: a BN follows the conv, so only the kernel's direction
 matters, and OREPA's reference init (3.3x ``nn.Conv2d``'s kernel std) turns that direction ~3.4x slower
-per step than a plain conv's at one learning rate; at 0.2 OREPA trains as well as a plain conv under the
-plain conv's own recipe (README "OREPA as a drop-in", docs/evidence/orepa-default.csv). Loading weights
+per step than a plain conv's at one learning rate; at 0.2 OREPA trains about as well as a plain conv under
+the plain conv's own recipe (README "OREPA as a drop-in", docs/evidence/orepa-default.csv). Loading weights
 (``load_weights``, checkpoints) replaces the init, so official layouts load and convert as before."""
 
 EXPAND = 8  # depthwise expansion of the linear depthwise-separable branch (reference: expand_ratio)
@@ -331,7 +331,8 @@ class OREPA(ReparamBlock):
 
     For k = 1 use :class:`OREPA_1x1`, for a deep-stem large kernel :class:`OREPA_LargeConv`, or let
     :func:`create_orepa` (and the YAML name "OREPA", which builds through it) pick. ``large`` exists only
-    to point a ``large=True`` caller there.
+    to point a ``large=True`` caller there. ``init_hyper_para`` (default :data:`INIT_HYPER_PARA`, 0.2) and
+    ``init_hyper_gamma`` are the reference's init options; 1.0 and 1.0 give the reference init.
     """
 
     def __init__(
