@@ -416,7 +416,8 @@ def run_study(
     }
     files = report.write_report(out, task, study, runs, sweep, summary, profiles, config)
     shown = ["variant", "lr", *(c for c in summary[0] if any(c.startswith(m + " mean") for m in study.shown))]
-    table = text_table([{c: report.cell(r, c) for c in shown} for r in summary], shown)
+    cells = [{c: f"{r['lr']:g}" if c == "lr" else report.cell(r, c) for c in shown} for r in summary]
+    table = text_table(cells, shown)
     say(progress, f"report: {files['markdown']}")
     return StudyResult(
         task, study.metric, runs, sweep, chosen, profiles, summary, files, list(study.notes), table
