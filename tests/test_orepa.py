@@ -206,7 +206,7 @@ def test_variant_parameter_counts():
 
 
 def test_initial_values_follow_the_paper():
-    block = OREPA(6, 10, 3)
+    block = OREPA(6, 10, 3, init_hyper_para=1.0)  # the reference's init (reparam's default scales it by 0.2)
     gen = block.gen
     expected = torch.tensor([0.25, 0.25, 0.0, 0.5, 1.0, 0.5])[:, None].expand(6, 10)
     torch.testing.assert_close(gen.vector.detach(), expected)
@@ -215,6 +215,8 @@ def test_initial_values_follow_the_paper():
     torch.testing.assert_close(c1, torch.eye(6))
     bound = math.sqrt(6.0 / (6 * 9))  # kaiming uniform, a = 0, fan_in = c1/g * k * k
     assert gen.weight_origin.abs().max() <= bound and gen.weight_origin.abs().max() > 0.8 * bound
+    default = OREPA(6, 10, 3).gen.weight_origin.abs().max()
+    assert 0.2 * 0.8 * bound < default <= 0.2 * bound
     torch.testing.assert_close(OREPA_1x1(4, 4).vector.detach(), torch.tensor([[1.0] * 4, [0.5] * 4]))
     assert OREPARepVGG(4, 4).gen.vector.shape == (5, 4)
 

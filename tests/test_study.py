@@ -1,5 +1,6 @@
-"""The study machinery on a tiny generated data set: report files and rows, determinism per seed, refusal to
-overwrite, argument checks; the small CNN family's deploy forms (exact parameter counts, equivalence)."""
+"""The study machinery on a tiny generated data set: report files and rows, determinism per seed, refusal of a
+foreign report, argument checks; the small CNN family's deploy forms (exact parameter counts, equivalence).
+The sweep, resume and paired differences: test_study_sweep.py."""
 
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ def _recipe(**kw) -> ClassificationRecipe:
 
 def _study(tmp_path, **kw):
     args = dict(
-        variants=["plain", "repvgg"], seeds=(0, 1), epochs=1, out=tmp_path / "study", recipe=_recipe()
+        variants=["plain", "repvgg"],
+        seeds=(0, 1),
+        epochs=1,
+        out=tmp_path / "study",
+        recipe=_recipe(),
+        lrs=(0.05,),
     )
     return run_study("classification", **(args | kw))
 
@@ -51,11 +57,11 @@ def test_study_writes_table_csv_and_plot_with_the_right_rows(tmp_path) -> None:
     result = _study(tmp_path, progress=lines.append)
     out = tmp_path / "study"
     runs = _csv(out / "runs.csv")
-    assert [(r["variant"], r["seed"]) for r in runs] == [
-        ("plain", "0"),
-        ("repvgg", "0"),
-        ("plain", "1"),
-        ("repvgg", "1"),
+    assert [(r["variant"], r["seed"], r["lr"]) for r in runs] == [
+        ("plain", "0", "0.05"),
+        ("repvgg", "0", "0.05"),
+        ("plain", "1", "0.05"),
+        ("repvgg", "1", "0.05"),
     ]
     assert all(0.0 <= float(r["top1"]) <= 100.0 and r["top1"] == r["top1 train form"] for r in runs)
     summary = _csv(out / "summary.csv")
@@ -68,17 +74,22 @@ def test_study_writes_table_csv_and_plot_with_the_right_rows(tmp_path) -> None:
         assert float(r["top1 std"]) == pytest.approx(abs(tops[0] - tops[1]) / 2**0.5)
         assert float(r["torch b1 ms"]) > 0 and float(r["GFLOPs deploy"]) > 0
     md = (out / "study.md").read_text()
-    assert re.search(r"^\| plain \| 2 \| [\d.]+ ± [\d.]+ \|", md, re.M)
-    assert re.search(r"^\| repvgg \| 2 \| [\d.]+ ± [\d.]+ \|", md, re.M)
-    assert md.count("\n| repvgg | ") == 3  # summary row + two run rows
+    assert re.search(r"^\| plain \| 0.05 \| 2 \| [\d.]+ ± [\d.]+ \|", md, re.M)
+    assert re.search(r"^\| repvgg \| 0.05 \| 2 \| [\d.]+ ± [\d.]+ \|", md, re.M)
+    assert md.count("\n| repvgg | ") == 4  # summary row, paired difference row, two run rows
     assert "![top1 vs deploy latency](study.png)" in md
     png = (out / "study.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
-    assert sorted(p.name for p in out.iterdir()) == ["runs.csv", "study.md", "study.png", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "paired.csv", "recipe.json", "records", "report.json", "runs.csv", "study.md", "study.png",
+        "summary.csv",
+    ]  # fmt: skip
+    assert len(list((out / "records").glob("test-*.json"))) == 4
     started = [line for line in lines if line.startswith("run ")]
-    assert started[0] == "run 1/4: plain seed 0 (elapsed 0:00, ETA after the first run)"
+    assert started[0] == "run 1/4: plain lr 0.05 seed 0 (elapsed 0:00, ETA after the first run)"
     for i, (v, seed) in enumerate([("repvgg", 0), ("plain", 1), ("repvgg", 1)], 2):
-        assert re.fullmatch(rf"run {i}/4: {v} seed {seed} \(elapsed \d+:\d\d, ETA \d+:\d\d\)", started[i - 1])
+        pattern = rf"run {i}/4: {v} lr 0.05 seed {seed} \(elapsed \d+:\d\d, ETA \d+:\d\d\)"
+        assert re.fullmatch(pattern, started[i - 1])
     assert len(started) == 4
     assert result.files["plot"] == out / "study.png" and "repvgg" in result.table
 
@@ -97,6 +108,8 @@ def test_int8_study_reports_the_repvgg_vs_qarepvgg_headline_and_ort_latency(tmp_
     runs = _csv(result.files["runs"])
     for r in runs:
         assert float(r["int8 drop"]) == pytest.approx(float(r["top1 ort fp32"]) - float(r["top1 int8"]))
+        per_tensor = float(r["top1 ort fp32"]) - float(r["top1 int8 per-tensor"])
+        assert float(r["int8 per-tensor drop"]) == pytest.approx(per_tensor)
         assert float(r["top1 ort fp32"]) == pytest.approx(float(r["top1"]), abs=100 / 32)  # at most one image
         assert 0.9 < float(r["int8 cosine"]) <= 1.0
     summary = _csv(result.files["summary"])
@@ -105,11 +118,11 @@ def test_int8_study_reports_the_repvgg_vs_qarepvgg_headline_and_ort_latency(tmp_
         assert float(r["int8 speedup b1"]) == pytest.approx(speedup)
     md = result.files["markdown"].read_text()
     head = md[md.index("## Headline: RepVGG vs QARepVGG") : md.index("## Summary")]
-    assert "| variant | top1 | top1 int8 | int8 drop | int8 agreement |" in head
+    assert "| variant | top1 | top1 int8 | int8 drop | top1 int8 per-tensor | int8 per-tensor drop |" in head
     assert "\n| repvgg | " in head and "\n| qarepvgg | " in head and "| plain |" not in head
 
 
-def test_existing_report_is_kept_unless_overwrite(tmp_path) -> None:
+def test_foreign_report_is_kept_unless_overwrite(tmp_path) -> None:
     out = tmp_path / "study"
     out.mkdir()
     (out / "summary.csv").write_text("mine\n")
@@ -132,6 +145,9 @@ def test_existing_report_is_kept_unless_overwrite(tmp_path) -> None:
         ({"seeds": (1, 1)}, "seeds must list at least one distinct integer"),
         ({"epochs": 0}, "epochs must be >= 1"),
         ({"num_threads": 0}, "num_threads must be >= 1"),
+        ({"lrs": (0.1, -1.0)}, "lrs must list at least one distinct learning rate > 0"),
+        ({"lrs": (0.1, 0.1)}, "lrs must list at least one distinct learning rate > 0"),
+        ({"lrs": (0.1, 0.2), "sweep_seeds": ()}, "sweep_seeds must list at least one distinct integer"),
         ({"recipe": DetectionRecipe()}, "must be a ClassificationRecipe"),
         ({"device": "gpu7"}, "device='gpu7' is not a torch device"),
     ],
@@ -149,6 +165,8 @@ def test_recipes_check_their_fields() -> None:
         ClassificationRecipe(latency_batches=())
     with pytest.raises(ValueError, match=r"recipe.imgsz must be >= 1"):
         DetectionRecipe(imgsz=0)
+    with pytest.raises(ValueError, match=r"recipe.val_fraction must lie in \(0, 1\)"):
+        ClassificationRecipe(val_fraction=1.0)
 
 
 def test_unknown_task_is_refused(tmp_path) -> None:
@@ -210,8 +228,12 @@ def test_detection_study_runs_the_zoo_and_measures_the_converted_checkpoint(tmp_
     lines: list[str] = []
     result = run_study(
         "detection", ["plain", "repvgg"], seeds=(0,), epochs=1, out=tmp_path / "out", int8=True,
-        recipe=recipe, progress=lines.append,
+        recipe=recipe, progress=lines.append, lrs=(0.01, 0.02),
     )  # fmt: skip
+    assert len(result.sweep) == 4 and set(result.chosen_lr.values()) <= {0.01, 0.02}
+    held_out = (tmp_path / "out" / "sweep-data" / "sweep-val.txt").read_text().split()
+    trained = (tmp_path / "out" / "sweep-data" / "sweep-train.txt").read_text().split()
+    assert len(held_out) == 2 and len(trained) == 6 and not set(held_out) & set(trained)
     summary = _csv(result.files["summary"])
     assert [r["variant"] for r in summary] == ["plain", "repvgg"]
     assert summary[0]["params deploy"] == summary[1]["params deploy"]  # converted zoo model == plain YOLOv8n

@@ -81,7 +81,7 @@ def test_options_reach_run_study(monkeypatch) -> None:
     assert seen == dict(
         task="detection", variants=["plain", "orepa"], seeds=(3, 1), epochs=2,
         out=Path("runs/reparam-study/detection"), device="cpu", int8=True, overwrite=False, num_threads=2,
-        recipe=None,
+        recipe=None, lrs=None, sweep_seeds=(0,),
     )  # fmt: skip
 
 
@@ -103,14 +103,17 @@ def test_tiny_study_through_the_app_prints_the_table_and_writes_the_report(tmp_p
     lines: list[str] = []
     out = tmp_path / "s"
     result = study(
-        variants=["plain", "qarepvgg"], seeds=[0], epochs=1, out=out, recipe=_recipe(), progress=lines.append
-    )
+        variants=["plain", "qarepvgg"], seeds=[0], epochs=1, out=out, recipe=_recipe(), progress=lines.append,
+        lrs=[0.05],
+    )  # fmt: skip
     assert result.files["markdown"] == out / "study.md"
     with (out / "summary.csv").open(newline="") as f:
         assert [r["variant"] for r in csv.DictReader(f)] == ["plain", "qarepvgg"]
     text = "\n".join(lines)
-    assert "run 1/2: plain seed 0" in text and "run 2/2: qarepvgg seed 0" in text
+    assert "run 1/2: plain lr 0.05 seed 0" in text and "run 2/2: qarepvgg lr 0.05 seed 0" in text
     assert result.table in text and "classification: top1 of the deploy form, mean ± std over seeds" in text
     assert f"wrote {out / 'study.md'}" in text
-    with pytest.raises(ValueError, match="already holds a study report"):
+    with pytest.raises(
+        ValueError, match=r"holds a study with another recipe \(differs in: lrs, sweep_seeds\)"
+    ):
         study(variants=["plain"], seeds=[0], epochs=1, out=out, recipe=_recipe())

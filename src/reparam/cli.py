@@ -17,6 +17,7 @@ A file the user names as output is never replaced unless the command line says `
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import sys
@@ -143,6 +144,16 @@ def _cmd_adopt(o: dict[str, Any]) -> int:
         return 1
     _print(f"{report}\n\nwrote {dst}\nfine-tune with: reparam train model={dst} (data and imgsz as before)")
     return 0
+
+
+def _rates(v: str) -> list[float]:
+    try:
+        rates = [float(s) for s in v.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError("must be a comma-separated list of learning rates > 0") from None
+    if not rates or min(rates) <= 0 or len(set(rates)) != len(rates) or not all(map(math.isfinite, rates)):
+        raise ValueError("must be a comma-separated list of distinct learning rates > 0")
+    return rates
 
 
 def _cmd_study(o: dict[str, Any]) -> int:
@@ -400,15 +411,32 @@ COMMANDS: dict[str, Command] = {
                     "epochs",
                     optional(int_at_least(1)),
                     None,
-                    "epochs per run (default 3 classification, 10 detection)",
+                    "epochs per run (default 3 classification, 30 detection)",
                 ),
                 Key(
-                    "int8", boolean, False, "also quantize each deploy form to INT8 (onnxruntime static PTQ)"
+                    "int8",
+                    boolean,
+                    False,
+                    "also quantize each deploy form to INT8 (onnxruntime PTQ, per-channel and per-tensor)",
                 ),
                 _DEVICE,
-                Key("out", optional(Path), None, "report folder (default runs/reparam-study/<task>)"),
-                Key("overwrite", boolean, False, "replace an existing report in out (else: refused)"),
+                Key(
+                    "lrs",
+                    optional(_rates),
+                    None,
+                    "comma-separated learning rates swept per variant on a validation split; each variant "
+                    "then trains at its best (default 0.05,0.1,0.2,0.4 classification, 0.01,0.04 detection)",
+                ),
+                Key("sweep_seeds", seeds, [0], "comma-separated seeds of the learning-rate sweep runs"),
+                Key(
+                    "out",
+                    optional(Path),
+                    None,
+                    "report folder (default runs/reparam-study/<task>); the same command again resumes there",
+                ),
+                Key("overwrite", boolean, False, "start again in out, dropping its recorded runs"),
                 Key("threads", int_at_least(1), 1, "torch CPU threads (1 is fastest on a shared 2-core CPU)"),
+                Key("report", boolean, False, "only rewrite and print out/study.md from the CSVs in out"),
             ),
         ),
         Command(

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reparam.checks import strict_bools
+from reparam.io import atomic_write_text
 from reparam.study import StudyResult, run_study
+from reparam.study.report import REPORT_FILES, render_report
 from reparam.text import Progress, say
 
 __all__ = ["DEFAULT_STUDY_ROOT", "study"]
@@ -26,26 +28,37 @@ def study(
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int | None = None,
     *,
+    lrs: Sequence[float] | None = None,
+    sweep_seeds: Sequence[int] = (0,),
     int8: bool = False,
     device: str = "cpu",
     out: str | Path | None = None,
     overwrite: bool = False,
     threads: int = 1,
     recipe: object | None = None,
+    report: bool = False,
     progress: Progress | None = None,
-) -> StudyResult:
+) -> StudyResult | str:
     """Run the study of ``task`` (all its variants unless ``variants`` names some) and report it.
 
-    Bad arguments (task, variants, seeds, an existing report without ``overwrite``, missing Fashion-MNIST
-    files) raise ValueError / FileNotFoundError naming them before any training starts.
+    Bad arguments (task, variants, seeds, rates, another recipe in ``out``, missing Fashion-MNIST files)
+    raise ValueError / FileNotFoundError naming them before any training starts. ``report=True`` trains
+    nothing: it rewrites ``out/study.md`` from the CSVs there, prints it and returns its text.
     """
     out = DEFAULT_STUDY_ROOT / task if out is None else Path(out)
+    if report:
+        text = render_report(out)
+        atomic_write_text(text, out / REPORT_FILES["markdown"], overwrite=True)
+        say(progress, text)
+        return text
     result = run_study(
         task,
         None if variants is None else list(variants),
         seeds=tuple(seeds),
         epochs=epochs,
         out=out,
+        lrs=None if lrs is None else list(lrs),
+        sweep_seeds=tuple(sweep_seeds),
         device=device,
         int8=int8,
         overwrite=overwrite,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +13,13 @@ from reparam.app.models import check_checkpoint, load, stride_imgsz
 from reparam.blocks.base import check_positive
 from reparam.checks import strict_bools
 from reparam.text import Progress
-from reparam.yolo import ReparamDetectionTrainer
 from reparam.yolo.fonts import plot_fonts
 from reparam.yolo.safety import ultralytics_safe_load
+from reparam.yolo.trainer import TrainResult, train_detector
 
 __all__ = ["TrainResult", "train", "use_threads"]
 
 _CHECKPOINT_KEYS = ("resume", "pretrained")  # Ultralytics train keys that may name a checkpoint to read
-
-
-@dataclass
-class TrainResult:
-    """Where a training run wrote its outputs."""
-
-    save_dir: Path
-    best: Path
-    last: Path
-    results_csv: Path
-    data: Path
 
 
 def use_threads(net: YOLO, threads: int) -> None:
@@ -81,19 +69,14 @@ def train(
         use_threads(net, threads)
     data_yaml, _ = resolve_data(data, progress=progress)
     with plot_fonts(), ultralytics_safe_load(trust):
-        net.train(
-            data=str(data_yaml),
+        return train_detector(
+            net,
+            data_yaml,
             epochs=epochs,
             imgsz=imgsz,
             batch=batch,
             device=device,
             project=str(Path(project).resolve()),
             name=name,
-            trainer=ReparamDetectionTrainer,
             **overrides,
         )
-    save_dir = Path(net.trainer.save_dir)
-    weights = save_dir / "weights"
-    return TrainResult(
-        save_dir, weights / "best.pt", weights / "last.pt", save_dir / "results.csv", data_yaml
-    )

@@ -54,6 +54,14 @@ __all__ = [
     "orepa_internal_width",
 ]
 
+INIT_HYPER_PARA = 0.2
+"""Default ``init_hyper_para`` of :class:`OREPA`: the reference code's option, every branch's initial kernel
+times it (the reference default is 1.0). Why 0.2: a BN follows the conv, so only the kernel's direction
+matters, and OREPA's reference init (3.3x ``nn.Conv2d``'s kernel std) turns that direction ~3.4x slower
+per step than a plain conv's at one learning rate; at 0.2 OREPA trains about as well as a plain conv under
+the plain conv's own recipe (README "OREPA as a drop-in", docs/evidence/orepa-default.csv). Loading weights
+(``load_weights``, checkpoints) replaces the init, so official layouts load and convert as before."""
+
 EXPAND = 8  # depthwise expansion of the linear depthwise-separable branch (reference: expand_ratio)
 
 
@@ -110,9 +118,24 @@ class OREPAKernel(nn.Module):
     OREPA_LargeConv wrap it.
     """
 
-    def __init__(self, c1: int, c2: int, k: int = 3, g: int = 1, branch_1x1: bool = True) -> None:
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int = 3,
+        g: int = 1,
+        branch_1x1: bool = True,
+        *,
+        init_hyper_para: float = 1.0,
+        init_hyper_gamma: float = 1.0,
+    ) -> None:
         super().__init__()
         check_positive(c1=c1, c2=c2, k=k, g=g)
+        for name, value in (("init_hyper_para", init_hyper_para), ("init_hyper_gamma", init_hyper_gamma)):
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float) and math.isfinite(value) and value > 0
+            ):
+                raise ValueError(f"OREPAKernel: {name} must be a finite number > 0, got {value!r}")
         check_divisible(g, c1=c1, c2=c2)
         if k < 3 or k % 2 == 0:
             raise ValueError(f"OREPAKernel: kernel size k={k} must be odd and >= 3 (k = 1: use OREPA_1x1)")
@@ -141,7 +164,14 @@ class OREPAKernel(nn.Module):
                 nn.init.kaiming_uniform_(w, a=0.0)
         # Row order as in the paper: origin, avg, prior, 1x1->kxk, [1x1], depthwise-separable.
         init = [0.25, 0.25, 0.0, 0.5] + ([1.0] if branch_1x1 else []) + [0.5]
-        self.vector = nn.Parameter(torch.tensor(init)[:, None].repeat(1, c2))
+        self.vector = nn.Parameter(torch.tensor(init)[:, None].repeat(1, c2) * math.sqrt(init_hyper_gamma))
+        with torch.no_grad():  # the reference's scaling: every branch's kernel times init_hyper_para
+            for w in (self.weight_origin, self.weight_avg, self.weight_prior, self.weight_1x1):
+                if w is not None:
+                    w.mul_(init_hyper_para)
+            self.weight_1x1_kxk_conv2.mul_(init_hyper_para)
+            self.weight_dw.mul_(math.sqrt(init_hyper_para))
+            self.weight_pw.mul_(math.sqrt(init_hyper_para))
         # Fixed k x k filters that the 1x1 factors multiply: mean filter, DCT prior, [centre tap].
         fixed = [torch.full((c2, k, k), 1.0 / k**2), frequency_prior(c2, k)]
         if branch_1x1:
@@ -309,7 +339,8 @@ class OREPA(ReparamBlock):
 
     For k = 1 use :class:`OREPA_1x1`, for a deep-stem large kernel :class:`OREPA_LargeConv`, or let
     :func:`create_orepa` (and the YAML name "OREPA", which builds through it) pick. ``large`` exists only
-    to point a ``large=True`` caller there.
+    to point a ``large=True`` caller there. ``init_hyper_para`` (default :data:`INIT_HYPER_PARA`, 0.2) and
+    ``init_hyper_gamma`` are the reference's init options; 1.0 and 1.0 give the reference init.
     """
 
     def __init__(
@@ -323,6 +354,9 @@ class OREPA(ReparamBlock):
         d: int = 1,
         act: Act = True,
         large: bool = False,
+        *,
+        init_hyper_para: float = INIT_HYPER_PARA,
+        init_hyper_gamma: float = 1.0,
     ) -> None:
         if large is not False or k == 1:
             which = "OREPA_LargeConv" if large is not False else "OREPA_1x1"
@@ -332,7 +366,8 @@ class OREPA(ReparamBlock):
             )
         p = check_centred_geometry(c1, c2, k, s, p, g, d, "OREPA", dilation=False)
         super().__init__(c1, c2, k, s, p, g, d, resolve_act(act))
-        self.gen = OREPAKernel(c1, c2, k, g)
+        hyper = {"init_hyper_para": init_hyper_para, "init_hyper_gamma": init_hyper_gamma}
+        self.gen = OREPAKernel(c1, c2, k, g, **hyper)
         self.bn = nn.BatchNorm2d(c2)
 
     def forward_train(self, x: Tensor) -> Tensor:

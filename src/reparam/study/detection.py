@@ -1,7 +1,11 @@
 """Detection study task: plain YOLOv8n vs the reparam zoo on the default tree-crown data (Ultralytics).
 
-Training goes through an injectable ``train_fn`` (default: ``reparam.app.train.train``, the ``reparam train``
-pipeline). mAP is measured by Ultralytics' validator on the checkpoint converted by
+Training goes through an injectable ``train_fn`` (default: :func:`train_zoo_model`, Ultralytics with
+reparam's trainer, ``reparam.yolo.train_detector``) with SGD at the run's ``lr0`` and ``nbs=batch`` (one
+optimizer step per batch: Ultralytics' ``nbs=64`` would step ~1.5 times per epoch on the ~94 training
+tiles). The learning-rate sweep trains on the training images minus a fixed held-out fifth and picks by
+that fifth's mAP50-95; the test runs train on all training images and report the data's val split, which
+the sweep never sees. mAP is measured by Ultralytics' validator on the checkpoint converted by
 ``reparam.yolo.convert_model`` (the deploy form); a block left unconverted is an error naming it.
 INT8 is not run for detection: see ``INT8_SKIPPED``.
 """
@@ -19,10 +23,15 @@ from torch import nn
 
 from reparam.bench.latency import compare_latency
 from reparam.bench.profile import count_flops, count_params
+from reparam.io import atomic_write_text
 from reparam.study.runner import PeakMemory, RunRecord, StudyContext, VariantProfile
-from reparam.text import say
+from reparam.text import Progress, say
 
-__all__ = ["DETECTION_MODELS", "INT8_SKIPPED", "DetectionRecipe", "DetectionStudy"]
+__all__ = ["DETECTION_MODELS", "INT8_SKIPPED", "DetectionRecipe", "DetectionStudy", "train_zoo_model"]
+
+SWEEP_HOLDOUT = 0.2
+"""Share of the training images held out as the sweep's validation split (fixed, seed 0)."""
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 DETECTION_MODELS: dict[str, str] = {
     "plain": "yolov8n.yaml",
@@ -52,7 +61,7 @@ class DetectionRecipe:
     latency_rounds: int = 20
     train_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     """``train_fn(model, data=, epochs=, imgsz=, batch=, device=, project=, name=, **overrides)`` returning
-    an object with ``best`` (checkpoint) and ``data`` (data YAML); default ``reparam.app.train.train``."""
+    an object with ``best`` (checkpoint) and ``data`` (data YAML); default :func:`train_zoo_model`."""
 
     def __post_init__(self) -> None:
         for name in ("imgsz", "batch", "latency_rounds"):
@@ -60,28 +69,81 @@ class DetectionRecipe:
                 raise ValueError(f"recipe.{name} must be >= 1, got {getattr(self, name)}")
 
 
+def _load(model: str | Path) -> Any:
+    """A YOLO object for a zoo YAML name or a checkpoint this study wrote, read in Ultralytics' safe mode."""
+    from ultralytics import YOLO
+
+    from reparam.yolo.safety import ultralytics_safe_load
+
+    with ultralytics_safe_load(False):
+        return YOLO(str(model), verbose=False)
+
+
+def train_zoo_model(
+    model: str,
+    data: str | Path | None = None,
+    progress: Progress | None = None,
+    **settings: Any,
+) -> Any:
+    """Train a zoo model with reparam's trainer on ``data`` (default: the DeepForest tree-crown tiles at
+    ``imgsz``); ``settings`` are Ultralytics' train keys. Returns ``reparam.yolo.TrainResult``."""
+    from reparam.data.deepforest import prepare_deepforest
+    from reparam.yolo.safety import ultralytics_safe_load
+    from reparam.yolo.trainer import train_detector
+
+    data_yaml = (
+        Path(data) if data is not None else prepare_deepforest(tile=settings["imgsz"], progress=progress).yaml
+    )
+    with ultralytics_safe_load(False):
+        return train_detector(_load(model), data_yaml, **settings)
+
+
+def holdout_data(data_yaml: Path, folder: Path) -> Path:
+    """A data YAML in ``folder`` whose train split is ``data_yaml``'s minus a fixed :data:`SWEEP_HOLDOUT`
+    share and whose val split is that share (image lists; Ultralytics finds each label as usual)."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(data_yaml).read_text())
+    root = Path(cfg.get("path") or Path(data_yaml).parent)
+    root = root if root.is_absolute() else (Path(data_yaml).parent / root).resolve()
+    train = cfg["train"]
+    if not isinstance(train, str) or not (root / train).is_dir():
+        raise ValueError(f"{data_yaml}: the sweep needs 'train' to name one image folder, got {train!r}")
+    images = sorted(p for p in (root / train).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    n_val = round(len(images) * SWEEP_HOLDOUT)
+    if not 1 <= n_val < len(images):
+        raise ValueError(f"{data_yaml}: {len(images)} training images are too few to hold out a sweep split")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).tolist()
+    folder.mkdir(parents=True, exist_ok=True)
+    lists = {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
+    for split, idx in lists.items():
+        text = "".join(f"{images[i].resolve()}\n" for i in idx)
+        atomic_write_text(text, folder / f"sweep-{split}.txt", overwrite=True)
+    out = {k: v for k, v in cfg.items() if k not in ("path", "train", "val", "test")}
+    out.update(path=str(folder.resolve()), train="sweep-train.txt", val="sweep-val.txt")
+    yaml_path = folder / "sweep-data.yaml"
+    atomic_write_text(yaml.safe_dump(out, sort_keys=False), yaml_path, overwrite=True)
+    return yaml_path
+
+
 class DetectionStudy:
     """Trains one detector per (variant, seed), validates its deploy form, profiles the deploy forms."""
 
     metric = "mAP50-95"
     shown = ("mAP50-95", "mAP50")
+    paired = ("mAP50-95", "mAP50")
     plot_latency = ("torch b1", None)
 
     def __init__(self, recipe: DetectionRecipe, ctx: StudyContext) -> None:
         epochs, device, int8, out, progress = ctx.epochs, ctx.device, ctx.int8, ctx.out, ctx.progress
-        if recipe.train_fn is None:
-            from reparam.app.train import train
-
-            self.train_fn: Callable[..., Any] = train
-        else:
-            self.train_fn = recipe.train_fn
+        self.train_fn: Callable[..., Any] = recipe.train_fn or train_zoo_model
+        self.out = out
         self.recipe, self.epochs, self.device, self.progress = recipe, epochs, device, progress
         self.runs_dir = (out / "runs").resolve()
         self.memory = PeakMemory(device)
         self.notes: list[str] = [INT8_SKIPPED] if int8 else []
         if int8:
             say(progress, INT8_SKIPPED)
-        self._best: dict[str, Path] = {}
 
     def describe(self) -> dict[str, object]:
         """The recipe as report rows."""
@@ -92,29 +154,33 @@ class DetectionStudy:
             f"{getattr(self.train_fn, '__name__', '?')}, imgsz {r.imgsz}, batch {r.batch}, "
             "deterministic=True; "
             "time per epoch includes Ultralytics' per-epoch validation",
+            "optimizer": f"SGD, lr0 per variant (the sweep's choice), nbs={r.batch} (= batch)",
+            "sweep split": f"a fixed {SWEEP_HOLDOUT:.0%} of the training images held out (the val split is "
+            "reported by the test runs only)",
             "memory method": f"{self.memory.method or 'not available'} (one peak over the training call)",
             "runs folder": str(self.runs_dir),
         }
 
+    def fingerprint(self) -> dict[str, object]:
+        """What makes two runs comparable: the recipe fields that change the numbers."""
+        r = self.recipe
+        return {"data": str(r.data), "imgsz": r.imgsz, "batch": r.batch, "workers": r.workers}
+
     def _deploy(self, ckpt: Path) -> Any:
-        from reparam.app.models import load
         from reparam.yolo import convert_model, pending_blocks
 
-        net = load(ckpt)
+        net = _load(ckpt)
         convert_model(net.model)
         left = pending_blocks(net.model)
         if left:
             raise RuntimeError(f"{ckpt}: blocks not converted to the deploy form: {', '.join(left)}")
         return net
 
-    def run(self, variant: str, seed: int) -> RunRecord:
-        """Train ``variant`` with ``seed``, then mAP of the converted checkpoint on the validation split."""
-        r, name = self.recipe, f"{variant}-seed{seed}"
-        t0 = time.perf_counter()
-        self.memory.start()
-        result = self.train_fn(
+    def _train(self, variant: str, seed: int, lr: float, data: object, name: str) -> Any:
+        r = self.recipe
+        return self.train_fn(
             DETECTION_MODELS[variant],
-            data=r.data,
+            data=data,
             epochs=self.epochs,
             imgsz=r.imgsz,
             batch=r.batch,
@@ -126,7 +192,27 @@ class DetectionStudy:
             exist_ok=True,
             workers=r.workers,
             plots=False,
+            optimizer="SGD",
+            lr0=lr,
+            nbs=r.batch,
         )
+
+    def run(self, variant: str, seed: int, lr: float, phase: str) -> RunRecord:
+        """Train ``variant`` with ``seed`` at ``lr0=lr``, then mAP of the converted checkpoint: on the
+        held-out part of the training images for a "sweep" run, else on the data's val split."""
+        r = self.recipe
+        sweep = phase == "sweep"
+        name = f"sweep-{variant}-lr{lr:g}-seed{seed}" if sweep else f"{variant}-seed{seed}"
+        data: object = r.data
+        if sweep:
+            if r.data is None:  # the default data is prepared (once) by the train function
+                from reparam.data.deepforest import prepare_deepforest
+
+                data = prepare_deepforest(tile=r.imgsz, progress=self.progress).yaml
+            data = holdout_data(Path(str(data)), self.out / "sweep-data")
+        t0 = time.perf_counter()
+        self.memory.start()
+        result = self._train(variant, seed, lr, data, name)
         peak = self.memory.stop()
         train_s = time.perf_counter() - t0
         net = self._deploy(Path(result.best))
@@ -141,21 +227,24 @@ class DetectionStudy:
             name=f"{name}-val-deploy",
             exist_ok=True,
         )
-        self._best.setdefault(variant, Path(result.best))
-        metrics = {"mAP50-95": float(m.box.map), "mAP50": float(m.box.map50)}
-        return RunRecord(variant, seed, metrics, train_s / self.epochs, peak, time.perf_counter() - t0)
+        prefix = "val " if sweep else ""
+        metrics = {f"{prefix}mAP50-95": float(m.box.map), f"{prefix}mAP50": float(m.box.map50)}
+        seconds = time.perf_counter() - t0
+        return RunRecord(variant, seed, metrics, train_s / self.epochs, peak, seconds, lr, phase)
 
     def profile(self, variants: Sequence[str]) -> dict[str, VariantProfile]:
-        """Params (training YAML, deploy form), GFLOPs and interleaved batch-1 latency of the deploy forms."""
-        from reparam.app.models import load
-
-        forms: dict[str, nn.Module] = {
-            v: self._deploy(self._best[v]).model.float().eval().to(self.device) for v in variants
-        }
+        """Params (training YAML, deploy form), GFLOPs and interleaved batch-1 latency of the deploy forms
+        (each variant's first trained test run)."""
+        forms: dict[str, nn.Module] = {}
+        for v in variants:
+            best = sorted(self.runs_dir.glob(f"{v}-seed*/weights/best.pt"))
+            if not best:
+                raise RuntimeError(f"no trained checkpoint of {v} in {self.runs_dir} to profile")
+            forms[v] = self._deploy(best[0]).model.float().eval().to(self.device)
         x = torch.zeros(1, 3, self.recipe.imgsz, self.recipe.imgsz, device=self.device)
         profiles = {
             v: VariantProfile(
-                v, count_params(load(DETECTION_MODELS[v]).model), count_params(m), count_flops(m, x) / 1e9
+                v, count_params(_load(DETECTION_MODELS[v]).model), count_params(m), count_flops(m, x) / 1e9
             )
             for v, m in forms.items()
         }

@@ -1,9 +1,13 @@
-"""Study report: per-variant mean and std over seeds, Markdown + CSV (runs and summary) + a PNG of metric vs
-deploy latency with error bars. Every file is written to a temporary name in ``out`` and renamed."""
+"""Study report: the learning-rate sweep, per-variant mean and std over seeds, paired differences to plain
+with 95 % intervals; CSVs (runs, sweep, summary, paired), ``report.json`` (recipe and notes), a PNG of
+metric vs deploy latency, and study.md rendered from those files alone (:func:`render_report`: the Markdown
+is regenerated from committed CSVs). Every file is written to a temporary name in ``out`` and renamed."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 import os
 import platform
 import statistics
@@ -14,11 +18,30 @@ import torch
 
 from reparam.bench.report import PLOT_RC, markdown_table, new_figure, write_csv
 from reparam.io import atomic_path, atomic_write_text
-from reparam.study.runner import RunRecord, StudyTask, VariantProfile
+from reparam.study.runner import RunRecord, StudyTask, VariantProfile, clock
+from reparam.study.stats import paired_difference
 
-__all__ = ["REPORT_FILES", "cell", "existing_reports", "known_variants", "summarize", "write_report"]
+__all__ = [
+    "REPORT_FILES",
+    "cell",
+    "existing_reports",
+    "known_variants",
+    "paired_rows",
+    "render_report",
+    "summarize",
+    "sweep_rows",
+    "write_report",
+]
 
-REPORT_FILES = {"markdown": "study.md", "runs": "runs.csv", "summary": "summary.csv", "plot": "study.png"}
+REPORT_FILES = {
+    "markdown": "study.md",
+    "runs": "runs.csv",
+    "sweep": "sweep.csv",
+    "summary": "summary.csv",
+    "paired": "paired.csv",
+    "meta": "report.json",
+    "plot": "study.png",
+}
 
 
 def known_variants(task: str) -> tuple[str, ...]:
@@ -42,13 +65,16 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def summarize(
-    runs: Sequence[RunRecord], profiles: Mapping[str, VariantProfile], variants: Sequence[str]
+    runs: Sequence[RunRecord],
+    profiles: Mapping[str, VariantProfile],
+    variants: Sequence[str],
+    chosen: Mapping[str, float],
 ) -> list[dict[str, object]]:
-    """One row per variant: mean and std over seeds of every metric, time and memory; deploy-form cost."""
+    """One row per variant: its rate, mean and std over seeds of every metric, time, memory; deploy cost."""
     rows = []
     for v in variants:
         mine = [r for r in runs if r.variant == v]
-        row: dict[str, object] = {"variant": v, "seeds": len(mine)}
+        row: dict[str, object] = {"variant": v, "lr": chosen[v], "seeds": len(mine)}
         series: dict[str, list[float]] = {m: [r.metrics[m] for r in mine] for m in mine[0].metrics}
         series["train s/epoch"] = [r.train_s_per_epoch for r in mine]
         peaks = [r.peak_mb_per_epoch for r in mine if r.peak_mb_per_epoch is not None]
@@ -70,6 +96,56 @@ def summarize(
                     p.latency[f"ort fp32 {batch}"].median_ms / p.latency[label].median_ms
                 )
         rows.append(row)
+    return rows
+
+
+def paired_rows(
+    runs: Sequence[Mapping[str, object]], metrics: Sequence[str], reference: str = "plain"
+) -> list[dict[str, object]]:
+    """Per variant and metric: mean over seeds of (variant - ``reference``, same seed), 95 % t-interval.
+
+    ``runs`` are rows with "variant", "seed" and the metrics (numbers or their text).
+    """
+    values: dict[tuple[str, int], Mapping[str, object]] = {
+        (str(r["variant"]), int(r["seed"])): r for r in runs
+    }
+    variants = list(dict.fromkeys(str(r["variant"]) for r in runs))
+    rows: list[dict[str, object]] = []
+    for v in variants:
+        if v == reference:
+            continue
+        seeds = sorted(s for (w, s) in values if w == v and (reference, s) in values)
+        for m in metrics:
+            if not seeds or m not in values[(v, seeds[0])]:
+                continue
+            mean, lo, hi = paired_difference(
+                [float(values[(v, s)][m]) for s in seeds], [float(values[(reference, s)][m]) for s in seeds]
+            )
+            rows.append(
+                {
+                    "variant": v,
+                    "metric": m,
+                    "seeds": len(seeds),
+                    "diff mean": mean,
+                    "ci95 low": lo,
+                    "ci95 high": hi,
+                }
+            )
+    return rows
+
+
+def sweep_rows(sweep: Sequence[Mapping[str, object]], metric: str) -> list[dict[str, object]]:
+    """Variant x rate -> mean validation ``metric`` over the sweep seeds, and the chosen (best) rate."""
+    table: dict[str, dict[float, list[float]]] = {}
+    for r in sweep:
+        table.setdefault(str(r["variant"]), {}).setdefault(float(str(r["lr"])), []).append(
+            float(str(r[metric]))
+        )
+    rows: list[dict[str, object]] = []
+    for v, by_lr in table.items():
+        means = {lr: statistics.fmean(x) for lr, x in by_lr.items()}
+        best = max(means, key=means.__getitem__)
+        rows.append({"variant": v, **{f"lr {lr:g}": means[lr] for lr in means}, "chosen lr": best})
     return rows
 
 
@@ -96,13 +172,14 @@ def cell(row: Mapping[str, object], col: str) -> str:
 
 
 def _display(rows: Sequence[Mapping[str, object]], shown: Sequence[str]) -> list[dict[str, str]]:
-    """The Markdown summary: shown metrics, time, memory, deploy cost and latency medians."""
+    """The Markdown summary: rate, shown metrics, time, memory, deploy cost and latency medians."""
     cols = [f"{m} mean" for m in shown] + ["train s/epoch mean", "peak MB/epoch mean"]
     cols += ["params train", "params deploy", "GFLOPs deploy"]
     cols += [c for c in rows[0] if (c.endswith(" ms") and "p10" not in c) or c.startswith("int8 speedup")]
     return [
         {
             "variant": str(r["variant"]),
+            "lr": f"{float(str(r['lr'])):g}",
             "seeds": str(r["seeds"]),
             **{c.removesuffix(" mean"): cell(r, c) for c in cols if c in r},
         }
@@ -111,23 +188,69 @@ def _display(rows: Sequence[Mapping[str, object]], shown: Sequence[str]) -> list
 
 
 def _headline(rows: Sequence[Mapping[str, object]]) -> list[str]:
-    """RepVGG vs QARepVGG after INT8 (plain for reference), when the study has all it needs."""
+    """RepVGG vs QARepVGG after INT8, per-channel and per-tensor (plain for reference), when measured."""
     by = {r["variant"]: r for r in rows}
     if not {"repvgg", "qarepvgg"} <= by.keys() or "top1 int8 mean" not in by["repvgg"]:
         return []
-    cols = ("top1 mean", "top1 int8 mean", "int8 drop mean", "int8 agreement mean")
+    cols = ("top1 mean", "top1 int8 mean", "int8 drop mean", "top1 int8 per-tensor mean")
+    cols += ("int8 per-tensor drop mean", "int8 per-tensor agreement mean")
     table = [
-        {"variant": v, **{c.removesuffix(" mean"): cell(by[v], c) for c in cols}}
+        {"variant": v, **{c.removesuffix(" mean"): cell(by[v], c) for c in cols if c in by[v]}}
         for v in ("plain", "repvgg", "qarepvgg")
         if v in by
     ]
     return [
         "## Headline: RepVGG vs QARepVGG after INT8 post-training quantization",
         "",
-        "Top-1 in %, drop in percentage points (onnxruntime fp32 minus INT8, same deploy form);",
-        "agreement: share of test images whose INT8 class equals the fp32 class. Mean ± std over seeds.",
+        "Top-1 in %, drop in percentage points (onnxruntime fp32 minus INT8, same deploy form), with",
+        "per-channel and per-tensor weight scales (the QARepVGG paper's collapse is per-tensor); agreement:",
+        "share of test images whose INT8 class equals the fp32 class. Mean ± std over seeds.",
         "",
         markdown_table(table),
+        "",
+    ]
+
+
+def _sweep_section(sweep: Sequence[Mapping[str, object]], metric: str) -> list[str]:
+    if not sweep:
+        return []
+    rows = sweep_rows(sweep, f"val {metric}")
+    seeds = sorted({int(str(r["seed"])) for r in sweep})
+    text = [{k: (f"{v:g}" if k == "chosen lr" else _num(v)) for k, v in r.items()} for r in rows]
+    return [
+        f"## Learning-rate sweep (validation {metric} of the deploy form, mean over sweep seeds {seeds})",
+        "",
+        "Trained on the training data minus the validation split; the chosen rate is the best one and the",
+        "only one the test runs use.",
+        "",
+        markdown_table(text),
+        "",
+    ]
+
+
+def _paired_section(runs: Sequence[Mapping[str, object]], metrics: Sequence[str]) -> list[str]:
+    rows = paired_rows(runs, metrics)
+    if not rows:
+        return []
+    text = [
+        {
+            "variant": r["variant"],
+            "metric": r["metric"],
+            "seeds": r["seeds"],
+            "variant - plain": _num(r["diff mean"]),
+            "95 % interval": "n/a (one seed)"
+            if r["ci95 low"] is None
+            else f"{_num(r['ci95 low'])} .. {_num(r['ci95 high'])}",
+        }
+        for r in rows
+    ]
+    return [
+        "## Paired difference to plain (same seed, each at its chosen rate)",
+        "",
+        "Mean over seeds of (variant - plain) on the test data, 95 % Student-t interval over the seeds:",
+        "an interval that excludes 0 is a difference the seeds resolve.",
+        "",
+        markdown_table(text),
         "",
     ]
 
@@ -165,47 +288,80 @@ def _plot(
         fig.savefig(png, format="png")
 
 
-def _markdown(
-    task: str,
-    study: StudyTask,
-    runs: Sequence[RunRecord],
-    summary: Sequence[Mapping[str, object]],
-    config: Mapping[str, object],
-) -> str:
+def _typed(value: str) -> object:
+    """A CSV cell back as int, float, None (empty) or text."""
+    if value == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _read_csv(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: _typed(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def render_report(folder: str | Path) -> str:
+    """The Markdown report of a study folder, from its CSVs and ``report.json`` only (no training): the
+    command that regenerates study.md and the README's evidence tables from the committed CSVs."""
+    folder = Path(folder)
+    meta_path = folder / REPORT_FILES["meta"]
+    if not meta_path.is_file():
+        raise ValueError(f"{folder} holds no study ({REPORT_FILES['meta']} missing)")
+    meta = json.loads(meta_path.read_text())
+    runs = _read_csv(folder / REPORT_FILES["runs"])
+    sweep = _read_csv(folder / REPORT_FILES["sweep"])
+    summary = _read_csv(folder / REPORT_FILES["summary"])
+    metric, shown = str(meta["metric"]), list(meta["shown"])
     run_rows = [
         {
-            "variant": r.variant,
-            "seed": r.seed,
-            **{m: _num(r.metrics[m]) for m in study.shown if m in r.metrics},
-            "train s/epoch": _num(r.train_s_per_epoch),
-            "peak MB/epoch": _num(r.peak_mb_per_epoch),
-            "run s": _num(r.seconds),
+            "variant": r["variant"],
+            "lr": f"{float(str(r['lr'])):g}",
+            "seed": r["seed"],
+            **{m: _num(r.get(m)) for m in shown if m in r},
+            "train s/epoch": _num(r["train s/epoch"]),
+            "peak MB/epoch": _num(r["peak MB/epoch"]),
+            "run s": _num(r["run s"]),
         }
         for r in runs
     ]
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    )
+    differ = [
+        f"{r['variant']} seed {r['seed']}: deploy {metric} {r[metric]} differs from the training form's "
+        f"{r[metric + ' train form']}"
+        for r in runs
+        if f"{metric} train form" in r and r[metric] != r[f"{metric} train form"]
+    ]
+    notes = [*meta["notes"], *differ]
+    seconds = sum(float(str(r["run s"])) for r in [*runs, *sweep])
     return "\n".join(
         [
-            f"# reparam study: {task}",
+            f"# reparam study: {meta['task']}",
             "",
-            *(f"- {k}: {v}" for k, v in config.items()),
-            f"- machine: {machine}",
+            *(f"- {k}: {v}" for k, v in meta["config"].items()),
+            f"- compute: {len(sweep)} sweep runs + {len(runs)} test runs, {clock(seconds)} of run time "
+            "in all (sum over runs)",
             "",
             *_headline(summary),
+            *_sweep_section(sweep, metric),
             "## Summary (mean ± std over seeds; every metric measured on the deploy form after conversion)",
             "",
-            markdown_table(_display(summary, study.shown)),
+            markdown_table(_display(summary, shown)),
             "",
-            f"![{study.metric} vs deploy latency]({REPORT_FILES['plot']})",
+            *_paired_section(runs, meta["paired"]),
+            f"![{metric} vs deploy latency]({REPORT_FILES['plot']})",
             "",
             "Latency: medians of interleaved rounds (`reparam.bench.latency.compare_latency`), every",
-            "variant timed side by side in one process on the first seed's deploy form. All columns,",
-            "p10-p90 spreads and stds:",
-            f"`{REPORT_FILES['summary']}`; every run: `{REPORT_FILES['runs']}`.",
+            "variant's deploy form timed side by side in one process. All columns, p10-p90 spreads and stds:",
+            f"`{REPORT_FILES['summary']}`; every run: `{REPORT_FILES['runs']}`, `{REPORT_FILES['sweep']}`.",
+            f"Regenerate this file from the CSVs: `reparam study report=True out={folder}`.",
             "",
-            *(["## Notes", "", *(f"- {n}" for n in study.notes), ""] if study.notes else []),
+            *(["## Notes", "", *(f"- {n}" for n in notes), ""] if notes else []),
             "## Runs",
             "",
             markdown_table(run_rows),
@@ -214,37 +370,65 @@ def _markdown(
     )
 
 
+def _record_row(r: RunRecord) -> dict[str, object]:
+    return {
+        "variant": r.variant,
+        "lr": r.lr,
+        "seed": r.seed,
+        **r.metrics,
+        "train s/epoch": r.train_s_per_epoch,
+        "peak MB/epoch": r.peak_mb_per_epoch,
+        "run s": r.seconds,
+    }
+
+
 def write_report(
     out: Path,
     task: str,
     study: StudyTask,
     runs: Sequence[RunRecord],
+    sweep: Sequence[RunRecord],
     summary: Sequence[Mapping[str, object]],
     profiles: Mapping[str, VariantProfile],
     config: Mapping[str, object],
 ) -> dict[str, Path]:
-    """Write study.md, runs.csv, summary.csv and study.png into ``out`` (atomically); returns their paths."""
+    """Write the CSVs, ``report.json``, study.png and study.md (rendered from those files) into ``out``,
+    each atomically; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     files = {k: out / name for k, name in REPORT_FILES.items()}
-    run_rows = [
-        {
-            "variant": r.variant,
-            "seed": r.seed,
-            **r.metrics,
-            "train s/epoch": r.train_s_per_epoch,
-            "peak MB/epoch": r.peak_mb_per_epoch,
-            "run s": r.seconds,
-        }
-        for r in runs
-    ]
-    # run_study refused an existing report before training unless overwrite=True: replacing is decided.
-    write_csv(files["runs"], run_rows, overwrite=True)
-    write_csv(files["summary"], summary, overwrite=True)
-    if importlib.util.find_spec("matplotlib") is None:  # the core install: tables and CSV only
+    plot = importlib.util.find_spec("matplotlib") is not None  # the core install: tables and CSV only
+    if not plot:
         files.pop("plot")
         study.notes.append("study.png not drawn: matplotlib is not installed (pip install matplotlib)")
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    )
+    meta = {
+        "task": task,
+        "metric": study.metric,
+        "shown": list(study.shown),
+        "paired": list(study.paired),
+        "config": {**config, "machine": machine},
+        "notes": list(study.notes),
+    }
+    # A study in ``out`` is this recipe's (run_study checked it): its report files are replaced.
+    run_rows = [_record_row(r) for r in runs]
+    write_csv(files["runs"], run_rows, overwrite=True)
+    if sweep:
+        write_csv(files["sweep"], [_record_row(r) for r in sweep], overwrite=True)
     else:
+        files["sweep"].unlink(missing_ok=True)
+        del files["sweep"]
+    write_csv(files["summary"], summary, overwrite=True)
+    paired = paired_rows(run_rows, study.paired)
+    if paired:
+        write_csv(files["paired"], paired, overwrite=True)
+    else:
+        files["paired"].unlink(missing_ok=True)
+        del files["paired"]
+    atomic_write_text(json.dumps(meta, indent=1), files["meta"], overwrite=True)
+    if plot:
         with atomic_path(files["plot"], overwrite=True) as tmp:
             _plot(tmp, summary, profiles, study)
-    atomic_write_text(_markdown(task, study, runs, summary, config), files["markdown"], overwrite=True)
+    atomic_write_text(render_report(out), files["markdown"], overwrite=True)
     return files
