@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from reparam.bench.latency import compare_latency
 from reparam.bench.profile import count_flops, count_params
-from reparam.checks import strict_bools
 from reparam.convert import reparameterize
 from reparam.data.fashion_mnist import load_fashion_mnist
 from reparam.models.small_cnn import SMALL_CNN_STAGES, small_cnn
@@ -76,7 +75,6 @@ def fashion_mnist_splits(
     return ImageSplits(x[pick], y[pick], tx[:test_size], ty[:test_size], 10, "Fashion-MNIST")
 
 
-@strict_bools
 @dataclass(frozen=True)
 class ClassificationRecipe:
     """Budget and recipe of the classification study (defaults fit a 2-core CPU: 6 variants x 3 seeds)."""
