@@ -120,5 +120,7 @@ def test_the_classification_study_runs_without_extras_and_notes_the_missing_plot
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert "note: study.png not drawn: matplotlib is not installed (pip install matplotlib)" in lines
-    assert json.loads(lines[-1]) == ["markdown", "runs", "summary"]
-    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["runs.csv", "study.md", "summary.csv"]
+    assert json.loads(lines[-1]) == ["markdown", "meta", "runs", "summary", "sweep"]
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == [
+        "recipe.json", "records", "report.json", "runs.csv", "study.md", "summary.csv", "sweep.csv"
+    ]  # fmt: skip

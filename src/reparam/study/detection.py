@@ -135,6 +135,8 @@ class DetectionStudy:
     plot_latency = ("torch b1", None)
 
     def __init__(self, recipe: DetectionRecipe, ctx: StudyContext) -> None:
+        import reparam.yolo  # noqa: F401  (the yolo extra: missing, it is named before out= gets any file)
+
         epochs, device, int8, out, progress = ctx.epochs, ctx.device, ctx.int8, ctx.out, ctx.progress
         self.train_fn: Callable[..., Any] = recipe.train_fn or train_zoo_model
         self.out = out
