@@ -258,7 +258,7 @@ def load_checkpoint(
     if trust:
         return _load_trusted(file)
     table = {global_name(entry): entry for entry in allowed}
-    defaults = _torch_default_globals()
+    defaults = _weights_only_defaults()
     names, constructed = _scan_file(file)
     unlisted = [name for name in names if name not in defaults and name not in table]
     code = next((name for name in unlisted if runs_code(name)), None)
@@ -279,10 +279,9 @@ def load_checkpoint(
                 f"checkpoint {str(file)!r} calls the constructor of {name} (torch.save never does it: "
                 "saved models are rebuilt without constructors, which build from the file's text); refused"
             )
-    entries = [table[n] for n in dict.fromkeys(names) if n in table]
     if not zipfile.is_zipfile(file):
-        return _load_legacy(file, {name: _target(table[name]) for name in names if name in table})
-    return _load_weights_only(file, entries)
+        return _load_legacy(file, defaults | {name: _target(table[name]) for name in names if name in table})
+    return _load_weights_only(file, [table[n] for n in dict.fromkeys(names) if n in table])
 
 
 def runs_code(name: str) -> bool:
@@ -319,10 +318,6 @@ def _readable(path: str | os.PathLike[str]) -> Path:
     if not file.is_file():
         raise ValueError(f"checkpoint {str(file)!r} is not a file")
     return file
-
-
-def _torch_default_globals() -> set[str]:
-    return set(_weights_only_defaults())
 
 
 def _load_weights_only(file: Path, entries: list[AllowEntry]) -> Any:
@@ -362,11 +357,10 @@ class _NoUnpickler(pickle.Unpickler):
         return self.allowed[full]
 
 
-def _load_legacy(file: Path, table: dict[str, Any]) -> Any:
+def _load_legacy(file: Path, allowed: dict[str, Any]) -> Any:
     """A legacy (non-zip) ``torch.save`` file, already scanned: torch's weights-only unpickler refuses the
-    module records such files hold, so Python's unpickler runs with globals restricted to the same set
+    module records such files hold, so Python's unpickler runs with globals restricted to ``allowed``
     (torch's weights-only defaults and the allow-list entries the scan found)."""
-    allowed = {**_weights_only_defaults(), **table}
     unpickler = type("_Restricted", (_NoUnpickler,), {"allowed": allowed})
     module = type(pickle)("reparam_restricted_pickle")
     module.Unpickler = unpickler  # type: ignore[attr-defined]
