@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from reparam.adoption.families import build_block
 from reparam.adoption.report import AdoptCheckError, AdoptedLayer, AdoptReport, SkippedLayer
-from reparam.adoption.units import FAMILIES, Unit, compile_where, find_units, unsupported
+from reparam.adoption.units import FAMILIES, Unit, _join, compile_where, find_units, unsupported
 from reparam.checks import strict_bools
 from reparam.verification import default_rtol, relative_error
 
@@ -72,16 +72,12 @@ def _places(model: nn.Module) -> dict[int, list[str]]:
 def _parts(unit: Unit) -> dict[int, str]:
     """id -> path of the conv and BN this unit holds."""
     if unit.kind == "conv-module":
-        parts = {id(unit.conv): _sub(unit.name, "conv")}
-        return parts | ({id(unit.bn): _sub(unit.name, "bn")} if unit.bn is not None else {})
+        parts = {id(unit.conv): _join(unit.name, "conv")}
+        return parts | ({id(unit.bn): _join(unit.name, "bn")} if unit.bn is not None else {})
     parts = {id(unit.conv): unit.name}
     if unit.bn_attr is not None:
-        parts[id(unit.bn)] = _sub(unit.name.rpartition(".")[0], unit.bn_attr)
+        parts[id(unit.bn)] = _join(unit.name.rpartition(".")[0], unit.bn_attr)
     return parts
-
-
-def _sub(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
 
 
 def _ties(model: nn.Module, chosen: list[Unit]) -> list[list[Unit]]:
