@@ -399,10 +399,15 @@ def fold_conv_bn(model: nn.Module) -> int:
     Protocol blocks not yet converted are left to their own ``reparameterize()``. A Sequential subclass
     with its own ``forward`` may use its children in any way, so it is left alone.
     """
-    steps, _ = _plan(model, is_pending)
+    return len(_apply_folds(model)[0])
+
+
+def _apply_folds(model: nn.Module) -> tuple[list[_Step], list[str]]:
+    """Plan and apply every exact fold/merge left in ``model``; the steps done and the modules left alone."""
+    steps, left = _plan(model, is_pending)
     for step in steps:
         step.apply()
-    return len(steps)
+    return steps, left
 
 
 def _convert_tree(module: nn.Module, name: str) -> None:
@@ -496,9 +501,7 @@ def convert_in_place(model: nn.Module, *, refuse_hooks: bool = True) -> Conversi
             "remove them (or register them on the enclosing block, which keeps its inputs and outputs)"
         )
     _convert_tree(model, "")
-    steps, left = _plan(model, is_pending)
-    for step in steps:
-        step.apply()
+    steps, left = _apply_folds(model)
     converted += [s.name for s in steps if s.block]
     folds = sum(not s.block for s in steps)
     deployed = tuple(n for n, d in tops if d)

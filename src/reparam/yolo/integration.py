@@ -321,7 +321,7 @@ def patch_parse_model() -> None:
                 _check_budget(patched, d, ch, source)
                 return patched(d, ch, verbose)
         except Exception as err:
-            named = _row_error(err, code, rows, str(d.get("yaml_file", "")))
+            named = _row_error(err, code, rows, yaml_file)
             if named is None:
                 raise
             raise named from err
