@@ -35,6 +35,8 @@ from reparam.yolo.quantize import (
     activation_type,
     decode_nodes,
     letterbox_images,
+    onnx_outputs,
+    ort_session,
     output_error,
     quantizable_convs,
     quantize_detector,
@@ -251,15 +253,6 @@ def _copy_metadata(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def _outputs(path: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate(
-        [s.run(None, {s.get_inputs()[0].name: images[i : i + 1]})[0] for i in range(len(images))]
-    )
-
-
 @strict_bools
 def quantize_onnx(
     net: YOLO,
@@ -302,7 +295,7 @@ def quantize_onnx(
         )  # fmt: skip
         _copy_metadata(fp32, q)
         probe = images[:_PROBE]
-        error = output_error(_outputs(fp32, probe), _outputs(q, probe))
+        error = output_error(onnx_outputs(fp32, probe), onnx_outputs(q, probe))
         result = Int8Result(plan.int8_path, activation, why, skip, len(decode), error, plan.csv_path, ranking)
         if plan.csv_path is not None:
             rows = [
@@ -328,12 +321,7 @@ def runner(path: Path, x: np.ndarray) -> Callable[[object], object]:
         compiled = ov.Core().compile_model(str(xml), "CPU", config)
         request = compiled.create_infer_request()
         return lambda _: request.infer({0: x})
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     name = session.get_inputs()[0].name
     return lambda _: session.run(None, {name: x})
 

@@ -32,6 +32,8 @@ __all__ = [
     "activation_type",
     "decode_nodes",
     "letterbox_images",
+    "onnx_outputs",
+    "ort_session",
     "quantizable_convs",
     "quantize_detector",
     "rank_sensitivity",
@@ -189,7 +191,9 @@ def quantize_detector(
 _INTEGER_CONVS = ("QLinearConv", "ConvInteger")
 
 
-def _session(path: Path, threads: int = 1, optimized: Path | None = None) -> Any:
+def ort_session(path: Path, threads: int = 1, optimized: Path | None = None) -> Any:
+    """A quiet CPU onnxruntime session on ``threads`` intra-op threads (one inter-op), optionally saving
+    the optimized graph to ``optimized``."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -240,7 +244,7 @@ def activation_type() -> tuple[str, str]:
         for kind in ("QInt8", "QUInt8"):
             q = quantize_detector(fp32, Path(tmp) / f"{kind}.onnx", images, exclude=(), activation=kind)
             optimized = Path(tmp) / f"{kind}.opt.onnx"
-            sessions[kind] = _session(q, optimized=optimized)
+            sessions[kind] = ort_session(q, optimized=optimized)
             integer[kind] = sum(n.op_type in _INTEGER_CONVS for n in onnx.load(str(optimized)).graph.node)
             ms[kind] = []
         feed = {_INPUT: images[:1]}
@@ -272,8 +276,9 @@ class Sensitivity:
     error: float
 
 
-def _outputs(path: Path, images: np.ndarray) -> np.ndarray:
-    s = _session(path)
+def onnx_outputs(path: Path, images: np.ndarray) -> np.ndarray:
+    """The first output of the ONNX model at ``path`` for each image (batch 1), concatenated."""
+    s = ort_session(path)
     return np.concatenate([s.run(None, {_INPUT: images[i : i + 1]})[0] for i in range(len(images))])
 
 
@@ -289,7 +294,7 @@ def rank_sensitivity(
 ) -> list[Sensitivity]:
     """Every quantizable conv, most sensitive first: the detection output's error (:func:`output_error`)
     on ``probe`` images with only that conv quantized (ranges calibrated once on ``images``)."""
-    reference = _outputs(fp32, probe)
+    reference = onnx_outputs(fp32, probe)
     rows = []
     with tempfile.TemporaryDirectory(prefix="reparam-int8-rank-") as tmp:
         cache, out = Path(tmp) / "ranges.json", Path(tmp) / "one.onnx"
@@ -298,5 +303,5 @@ def rank_sensitivity(
                 fp32, out, images, exclude=decode, activation=activation, per_channel=per_channel,
                 only=[node], cache=cache,
             )  # fmt: skip
-            rows.append(Sensitivity(node, output_error(reference, _outputs(out, probe))))
+            rows.append(Sensitivity(node, output_error(reference, onnx_outputs(out, probe))))
     return sorted(rows, key=lambda r: -r.error)
