@@ -17,7 +17,6 @@ A file the user names as output is never replaced unless the command line says `
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import sys
@@ -39,6 +38,7 @@ from reparam.options import (
     number_in,
     optional,
     parse_options,
+    rates,
     seeds,
     text,
 )
@@ -144,16 +144,6 @@ def _cmd_adopt(o: dict[str, Any]) -> int:
         return 1
     _print(f"{report}\n\nwrote {dst}\nfine-tune with: reparam train model={dst} (data and imgsz as before)")
     return 0
-
-
-def _rates(v: str) -> list[float]:
-    try:
-        rates = [float(s) for s in v.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError("must be a comma-separated list of learning rates > 0") from None
-    if not rates or min(rates) <= 0 or len(set(rates)) != len(rates) or not all(map(math.isfinite, rates)):
-        raise ValueError("must be a comma-separated list of distinct learning rates > 0")
-    return rates
 
 
 def _cmd_study(o: dict[str, Any]) -> int:
@@ -422,7 +412,7 @@ COMMANDS: dict[str, Command] = {
                 _DEVICE,
                 Key(
                     "lrs",
-                    optional(_rates),
+                    optional(rates),
                     None,
                     "comma-separated learning rates swept per variant on a validation split; each variant "
                     "then trains at its best (default 0.05,0.1,0.2,0.4 classification, 0.01,0.04 detection)",

@@ -7,6 +7,7 @@ Kept apart from :mod:`reparam.cli` (which lists the commands and runs them) so t
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -26,6 +27,7 @@ __all__ = [
     "number_in",
     "optional",
     "parse_options",
+    "rates",
     "seeds",
     "text",
 ]
@@ -91,14 +93,23 @@ def names(v: str) -> list[str]:
     return items
 
 
-def seeds(v: str) -> list[int]:
+def _distinct(v: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> list[Any]:
+    """A comma-separated list of distinct values, each converted and passing ``ok``."""
     try:
-        seeds = [int(s) for s in v.split(",") if s.strip()]
+        items = [convert(s) for s in v.split(",") if s.strip()]
     except ValueError:
-        raise ValueError("must be a comma-separated list of integers >= 0") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ValueError("must be a comma-separated list of distinct integers >= 0")
-    return seeds
+        raise ValueError(f"must be a comma-separated list of {what}") from None
+    if not items or not all(map(ok, items)) or len(set(items)) != len(items):
+        raise ValueError(f"must be a comma-separated list of distinct {what}")
+    return items
+
+
+def seeds(v: str) -> list[int]:
+    return _distinct(v, int, lambda s: s >= 0, "integers >= 0")
+
+
+def rates(v: str) -> list[float]:
+    return _distinct(v, float, lambda r: math.isfinite(r) and r > 0, "learning rates > 0")
 
 
 def optional(parse: Parser) -> Parser:
