@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reparam.checks import strict_bools
-from reparam.io import atomic_write_text
 from reparam.study import StudyResult, run_study
-from reparam.study.report import REPORT_FILES, render_report
+from reparam.study.report import rewrite_markdown
 from reparam.text import Progress, say
 
 __all__ = ["DEFAULT_STUDY_ROOT", "study"]
@@ -47,8 +46,7 @@ def study(
     """
     out = DEFAULT_STUDY_ROOT / task if out is None else Path(out)
     if report:
-        text = render_report(out)
-        atomic_write_text(text, out / REPORT_FILES["markdown"], overwrite=True)
+        text = rewrite_markdown(out)
         say(progress, text)
         return text
     result = run_study(

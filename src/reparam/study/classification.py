@@ -189,9 +189,10 @@ class ClassificationStudy:
     def fingerprint(self) -> dict[str, object]:
         """What makes two runs comparable: every recipe field that changes the numbers, and the data."""
         r = self.recipe
-        keep = ("train_size", "test_size", "width", "val_fraction", "batch", "momentum", "weight_decay")
+        keep = ("train_size", "test_size", "width", "val_fraction", "batch", "momentum", "weight_decay",
+                "warmup_epochs", "calib_images")  # fmt: skip
         return {
-            **{k: getattr(r, k) for k in (*keep, "warmup_epochs", "calib_images")},
+            **{k: getattr(r, k) for k in keep},
             "data": self.data_name,
             "data sha256": self.data_sha256,
         }

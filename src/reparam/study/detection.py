@@ -31,7 +31,6 @@ __all__ = ["DETECTION_MODELS", "INT8_SKIPPED", "DetectionRecipe", "DetectionStud
 
 SWEEP_HOLDOUT = 0.2
 """Share of the training images held out as the sweep's validation split (fixed, seed 0)."""
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 DETECTION_MODELS: dict[str, str] = {
     "plain": "yolov8n.yaml",
@@ -109,7 +108,9 @@ def holdout_data(data_yaml: Path, folder: Path) -> Path:
     train = cfg["train"]
     if not isinstance(train, str) or not (root / train).is_dir():
         raise ValueError(f"{data_yaml}: the sweep needs 'train' to name one image folder, got {train!r}")
-    images = sorted(p for p in (root / train).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    from reparam.yolo.quantize import IMAGE_SUFFIXES
+
+    images = sorted(p for p in (root / train).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     n_val = round(len(images) * SWEEP_HOLDOUT)
     if not 1 <= n_val < len(images):
         raise ValueError(f"{data_yaml}: {len(images)} training images are too few to hold out a sweep split")

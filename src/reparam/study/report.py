@@ -28,6 +28,7 @@ __all__ = [
     "known_variants",
     "paired_rows",
     "render_report",
+    "rewrite_markdown",
     "summarize",
     "sweep_rows",
     "write_report",
@@ -430,5 +431,12 @@ def write_report(
     if plot:
         with atomic_path(files["plot"], overwrite=True) as tmp:
             _plot(tmp, summary, profiles, study)
-    atomic_write_text(render_report(out), files["markdown"], overwrite=True)
+    rewrite_markdown(out)
     return files
+
+
+def rewrite_markdown(out: Path) -> str:
+    """Render ``out/study.md`` from the CSVs and ``report.json`` there, write it atomically, return it."""
+    text = render_report(out)
+    atomic_write_text(text, out / REPORT_FILES["markdown"], overwrite=True)
+    return text

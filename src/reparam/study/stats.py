@@ -5,6 +5,7 @@ Why here and not scipy: the classification study runs with the core install (tor
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ def _t_cdf(x: float, df: int) -> float:
     return 0.5 + c * total * h / 3
 
 
+@functools.cache  # a bisection over a numeric integral, asked for the same few (p, df) per report
 def t_quantile(p: float, df: int) -> float:
     """The ``p`` quantile (0.5 <= p < 1) of Student's t with ``df`` >= 1 degrees of freedom."""
     if not 0.5 <= p < 1 or df < 1:
