@@ -38,11 +38,11 @@ __all__ = [
 ]
 
 BASELINE = "training form"
+"""The form every latency ratio is relative to."""
 CONVERTED = "converted in memory (fp32)"
 DEPLOYED = "deploy checkpoint"
 """The demo's forms as its report names them: BASELINE is trained, CONVERTED the same model converted in
 memory, DEPLOYED the file ``deploy_checkpoint`` wrote (loaded back)."""
-"""The form every latency ratio is relative to."""
 
 Checks = dict[str, tuple[bool, str]]
 
