@@ -81,7 +81,7 @@ def test_options_reach_run_study(monkeypatch) -> None:
     assert seen == dict(
         task="detection", variants=["plain", "orepa"], seeds=(3, 1), epochs=2,
         out=Path("runs/reparam-study/detection"), device="cpu", int8=True, overwrite=False, num_threads=2,
-        recipe=None, lrs=None, sweep_seeds=(0,),
+        recipe=None, lrs=None, sweep_seeds=(0,), sweep_epochs=None,
     )  # fmt: skip
 
 

@@ -121,9 +121,34 @@ def test_a_stopped_study_resumes_where_it_stopped_with_the_same_results(monkeypa
     assert done.calls == []
 
 
+def test_sweep_epochs_reach_the_sweep_runs_only(monkeypatch, tmp_path) -> None:
+    import reparam.study.classification as cls
+
+    trained: list[tuple[float, int]] = []
+    real = cls.ClassificationStudy._train
+
+    def spy(self, model, seed, lr, epochs):
+        trained.append((lr, epochs))
+        return real(self, model, seed, lr, epochs)
+
+    monkeypatch.setattr(cls.ClassificationStudy, "_train", spy)
+    args = dict(variants=["plain"], seeds=(0,), epochs=2, recipe=_recipe(), lrs=(0.05, 0.2), sweep_epochs=1)
+    result = run_study("classification", out=tmp_path / "s", **args)
+    assert trained == [(0.05, 1), (0.2, 1), (result.chosen_lr["plain"], 2)]
+    assert "1 epochs each" in result.files["markdown"].read_text()
+    with pytest.raises(ValueError, match=r"differs in: sweep_epochs"):
+        run_study("classification", out=tmp_path / "s", **(args | {"sweep_epochs": 2}))
+    with pytest.raises(ValueError, match="sweep_epochs must be >= 1, got 0"):
+        run_study("classification", out=tmp_path / "t", **(args | {"sweep_epochs": 0}))
+
+
 def test_another_recipe_in_the_same_folder_is_refused_before_any_run(monkeypatch, tmp_path) -> None:
     _fake_study(monkeypatch, tmp_path, FakeTask())
-    for kw, differs in (({"epochs": 2}, "epochs"), ({"lrs": (0.1, 0.2)}, "lrs"), ({"int8": True}, "int8")):
+    for kw, differs in (
+        ({"epochs": 2}, "epochs, sweep_epochs"),
+        ({"lrs": (0.1, 0.2)}, "lrs"),
+        ({"int8": True}, "int8"),
+    ):
         task = FakeTask()
         with pytest.raises(ValueError, match=rf"holds a study with another recipe \(differs in: {differs}\)"):
             _fake_study(monkeypatch, tmp_path, task, **kw)

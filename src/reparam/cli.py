@@ -419,6 +419,12 @@ COMMANDS: dict[str, Command] = {
                 ),
                 Key("sweep_seeds", seeds, [0], "comma-separated seeds of the learning-rate sweep runs"),
                 Key(
+                    "sweep_epochs",
+                    optional(int_at_least(1)),
+                    None,
+                    "epochs of each sweep run (default: epochs; fewer makes a shorter sweep)",
+                ),
+                Key(
                     "out",
                     optional(Path),
                     None,

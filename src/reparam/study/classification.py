@@ -137,7 +137,8 @@ class ClassificationStudy:
     metric = "top1"
 
     def __init__(self, recipe: ClassificationRecipe, ctx: StudyContext) -> None:
-        self.recipe, self.epochs, self.device, self.int8 = recipe, ctx.epochs, ctx.device, ctx.int8
+        self.recipe, self.device, self.int8 = recipe, ctx.device, ctx.int8
+        self.epochs = {"sweep": ctx.sweep_epochs, "test": ctx.epochs}
         self.workdir, self.num_threads, self.progress = ctx.workdir, ctx.num_threads, ctx.progress
         device, int8 = ctx.device, ctx.int8
         data = recipe.dataset or fashion_mnist_splits(recipe.train_size, recipe.test_size)
@@ -218,18 +219,20 @@ class ClassificationStudy:
             else "off",
         }
 
-    def _train(self, model: nn.Module, seed: int, lr: float) -> tuple[list[float], list[float | None]]:
+    def _train(
+        self, model: nn.Module, seed: int, lr: float, epochs: int
+    ) -> tuple[list[float], list[float | None]]:
         r, n = self.recipe, len(self.train_x)
         batch = min(r.batch, n)
         steps = n // batch
         opt = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=r.momentum, nesterov=True, weight_decay=r.weight_decay
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(r, steps, self.epochs))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(r, steps, epochs))
         gen = torch.Generator().manual_seed(seed)
         times, peaks = [], []
         model.train()
-        for _ in range(self.epochs):
+        for _ in range(epochs):
             order = torch.randperm(n, generator=gen)[: steps * batch].to(self.device)
             self.memory.start()
             t0 = time.perf_counter()
@@ -255,7 +258,7 @@ class ClassificationStudy:
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         model = small_cnn(variant, self.recipe.width, self.num_classes, self.train_x.shape[1]).to(self.device)
-        times, peaks = self._train(model, seed, lr)
+        times, peaks = self._train(model, seed, lr, self.epochs[phase])
         model.eval()
         sweep = phase == "sweep"
         x, y, prefix = (self.val_x, self.val_y, "val ") if sweep else (self.test_x, self.test_y, "")

@@ -138,10 +138,11 @@ class DetectionStudy:
     def __init__(self, recipe: DetectionRecipe, ctx: StudyContext) -> None:
         import reparam.yolo  # noqa: F401  (the yolo extra: missing, it is named before out= gets any file)
 
-        epochs, device, int8, out, progress = ctx.epochs, ctx.device, ctx.int8, ctx.out, ctx.progress
+        device, int8, out, progress = ctx.device, ctx.int8, ctx.out, ctx.progress
         self.train_fn: Callable[..., Any] = recipe.train_fn or train_zoo_model
         self.out = out
-        self.recipe, self.epochs, self.device, self.progress = recipe, epochs, device, progress
+        self.recipe, self.device, self.progress = recipe, device, progress
+        self.epochs = {"sweep": ctx.sweep_epochs, "test": ctx.epochs}
         self.runs_dir = (out / "runs").resolve()
         self.memory = PeakMemory(device)
         self.notes: list[str] = [INT8_SKIPPED] if int8 else []
@@ -179,12 +180,12 @@ class DetectionStudy:
             raise RuntimeError(f"{ckpt}: blocks not converted to the deploy form: {', '.join(left)}")
         return net
 
-    def _train(self, variant: str, seed: int, lr: float, data: object, name: str) -> Any:
+    def _train(self, variant: str, seed: int, lr: float, data: object, name: str, epochs: int) -> Any:
         r = self.recipe
         return self.train_fn(
             DETECTION_MODELS[variant],
             data=data,
-            epochs=self.epochs,
+            epochs=epochs,
             imgsz=r.imgsz,
             batch=r.batch,
             device=str(self.device),
@@ -215,7 +216,7 @@ class DetectionStudy:
             data = holdout_data(Path(str(data)), self.out / "sweep-data")
         t0 = time.perf_counter()
         self.memory.start()
-        result = self._train(variant, seed, lr, data, name)
+        result = self._train(variant, seed, lr, data, name, self.epochs[phase])
         peak = self.memory.stop()
         train_s = time.perf_counter() - t0
         net = self._deploy(Path(result.best))
@@ -233,7 +234,7 @@ class DetectionStudy:
         prefix = "val " if sweep else ""
         metrics = {f"{prefix}mAP50-95": float(m.box.map), f"{prefix}mAP50": float(m.box.map50)}
         seconds = time.perf_counter() - t0
-        return RunRecord(variant, seed, metrics, train_s / self.epochs, peak, seconds, lr, phase)
+        return RunRecord(variant, seed, metrics, train_s / self.epochs[phase], peak, seconds, lr, phase)
 
     def profile(self, variants: Sequence[str]) -> dict[str, VariantProfile]:
         """Params (training YAML, deploy form), GFLOPs and interleaved batch-1 latency of the deploy forms
