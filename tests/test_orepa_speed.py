@@ -80,3 +80,16 @@ def test_train_cost_smoke_run_reports_ratios_at_the_requested_size():
 def test_train_cost_rejects_bad_sizes(key, value):
     with pytest.raises(ValueError, match=key):
         run_train_cost(networks=["conv8@112"], blocks=("plain",), **{key: value})
+
+
+@pytest.mark.parametrize(("c1", "g"), [(2, 2), (4, 4), (8, 1)])
+def test_generation_never_writes_into_a_parameter(c1, g):
+    """Width-1 groups make transposes contiguous views; the generator must still copy, not scale in place."""
+    torch.manual_seed(0)
+    gen = OREPAKernel(c1, c1, 3, g).double()
+    before = {n: p.detach().clone() for n, p in gen.named_parameters()}
+    kernel = gen()
+    torch.autograd.grad((kernel * torch.randn_like(kernel)).sum(), list(gen.parameters()))
+    for name, p in gen.named_parameters():
+        assert torch.equal(p, before[name]), name
+    torch.testing.assert_close(gen(), _reference_kernel(gen), rtol=1e-12, atol=1e-12)

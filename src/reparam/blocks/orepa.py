@@ -7,9 +7,10 @@ and runs ONE convolution followed by ONE BN. Deploy folds that BN into the gener
 Branch set and widths follow the reference implementation (JUGGHM/OREPA_CVPR2022, ``blocks.py``), so
 parameter counts match it. The generator is engineered for CPU training speed: fixed filters are
 buffers, no branch is run as a convolution, every branch is accumulated in place into one buffer (the
-1x1 -> kxk product as one GEMM per group), and a hand-written backward saves nothing but the
-parameters and computes each gradient with one GEMM or one reduction. Generation (and conversion) runs
-in fp32 with autocast off, fp16/bf16 parameters promoted; the conv gets the kernel in its compute dtype.
+1x1 -> kxk product as one GEMM per group), and a hand-written backward saves the parameters and one
+kernel-sized product and computes each gradient with one GEMM, one scaled copy or one small trace.
+Generation (and conversion) runs in fp32 with autocast off, fp16/bf16 parameters promoted; the conv
+gets the kernel in its compute dtype.
 """
 
 from __future__ import annotations
@@ -211,10 +212,9 @@ class OREPAKernel(nn.Module):
 
 
 def _scaled_transpose(x: Tensor, scale: Tensor) -> Tensor:
-    """``x`` of shape ``(n, a, b)`` as ``(n, b, a)`` contiguous, row ``j`` times ``scale[j]``: one pass."""
-    n, a, b = x.shape
-    out = x.new_empty(n, b, a)
-    return torch.mul(x.transpose(1, 2), scale.view(n, 1, 1), out=out)
+    """A new ``(n, b, a)`` contiguous copy of ``x`` ``(n, a, b)``, row ``j`` times ``scale[j]`` (ATen's
+    blocked transpose copy, then an in-place scale: faster than one strided multiply; never ``x`` itself)."""
+    return x.transpose(1, 2).clone(memory_format=torch.contiguous_format).mul_(scale.view(-1, 1, 1))
 
 
 class _GenerateKernel(torch.autograd.Function):
@@ -225,8 +225,9 @@ class _GenerateKernel(torch.autograd.Function):
     does several jobs at once: forward runs the 1x1 -> kxk contraction as one GEMM per group in
     ``(O, k*k, I/g)`` order, adds the fixed-filter branches with one batched GEMM and the depthwise-
     separable one with one strided pass, and writes the result in ``(O, I/g, k, k)`` order while adding
-    the origin branch. Only the parameters are saved; backward derives each gradient with one GEMM, one
-    scaled copy or one reduction.
+    the origin branch. Saved: the parameters and forward's scaled, transposed conv2 (one kernel-sized
+    tensor). Backward derives each gradient with one GEMM or one scaled copy, and each scale's gradient as
+    the trace of a (k*k, k*k) or (8, 8) product instead of a kernel-sized product and sum.
     """
 
     @staticmethod
@@ -252,18 +253,15 @@ class _GenerateKernel(torch.autograd.Function):
         # 1, 2, (4): per output channel, (kk, nf) scaled fixed filters times (nf, I/g) factors.
         filt = fixed.view(nf, o, kk) * vector[list(fixed_rows)].view(nf, o, 1)
         acc.baddbmm_(filt.permute(1, 2, 0), torch.stack([f.view(o, ig) for f in factors], 1))
-        # 5: depthwise (8 per input channel) -> pointwise: a GEMM per input channel, batched.
-        pw_b = pw.view(g, og, ig, EXPAND).transpose(1, 2).reshape(g * ig, og, EXPAND)
-        k5 = torch.bmm(pw_b, dw.view(g * ig, EXPAND, kk)).view(g, ig, og, kk).permute(0, 2, 3, 1)
-        acc.view(g, og, kk, ig).addcmul_(k5, vector[r5].view(g, og, 1, 1))
-        # 0: origin, added while writing the kernel in (O, I/g, k, k) order.
-        out = torch.empty_like(w0)
-        torch.addcmul(
-            acc.transpose(1, 2), w0.view(o, ig, kk), vector[0].view(o, 1, 1), out=out.view(o, ig, kk)
-        )
+        # 5: depthwise (8 per input channel) -> pointwise: a GEMM per input channel, batched, reading the
+        # pointwise weight in place (each input channel's (O/g, 8) block is a strided matrix).
+        k5 = torch.matmul(pw.view(g, og, ig, EXPAND).transpose(1, 2), dw.view(g, ig, EXPAND, kk))
+        acc.view(g, og, kk, ig).addcmul_(k5.permute(0, 2, 3, 1), vector[r5].view(g, og, 1, 1))
+        # 0: origin, added to the kernel in (O, I/g, k, k) order (a blocked transpose copy of acc).
+        out = acc.transpose(1, 2).contiguous().addcmul_(w0.view(o, ig, kk), vector[0].view(o, 1, 1))
         ctx.geom = geom
-        ctx.save_for_backward(vector, w0, delta, c2w, dw, pw, fixed, ident, *factors)
-        return out
+        ctx.save_for_backward(vector, w0, delta, c2w, dw, pw, fixed, ident, c2t, *factors)
+        return out.view(w0.shape)
 
     @staticmethod
     @once_differentiable
@@ -277,34 +275,34 @@ class _GenerateKernel(torch.autograd.Function):
         o, g, k, t, ig, fixed_rows, r3, r5 = ctx.geom
         og, tg, kk, nf = o // g, t // g, k * k, len(fixed_rows)
         rows = list(fixed_rows)
-        vector, w0, delta, c2w, dw, pw, fixed, ident, *factors = ctx.saved_tensors
+        vector, w0, delta, c2w, dw, pw, fixed, ident, c2t, *factors = ctx.saved_tensors
         gk = grad.contiguous().view(o, ig, kk)
         gt = gk.transpose(1, 2).contiguous()  # (O, kk, I/g): the GEMM order of branches 1-4
         gvec = torch.empty_like(vector)  # every row is written below
-        # 0: origin.
+        # 0: origin; its scale's gradient as the trace of grad[o]^T w0[o], a (k*k, k*k) product.
         g_w0 = (gk * vector[0].view(o, 1, 1)).view(w0.shape)
-        gvec[0] = (gk * w0.view(o, ig, kk)).sum((1, 2))
+        gvec[0] = torch.bmm(gt, w0.view(o, ig, kk)).diagonal(dim1=1, dim2=2).sum(1)
         # 1, 2, (4): h[o, b, i] = sum_s filter_b[o, s] grad[o, i, s], one batched GEMM.
         h = torch.bmm(fixed.view(nf, o, kk).transpose(0, 1), gt)  # (O, nf, I/g)
         g_fac = h * vector[rows].t().reshape(o, nf, 1)
         gvec[rows] = (h * torch.stack([f.view(o, ig) for f in factors], 1)).sum(2).t()
         g_factors = [g_fac[:, b].reshape(f.shape) for b, f in enumerate(factors)]
-        # 3: r[o, s, t] = sum_i grad[o, i, s] c1[t, i]; grads of conv2, of its scale, and of delta.
+        # 3: r[o, s, t] = sum_i grad[o, i, s] c1[t, i]; grads of conv2, of its scale (the trace of
+        # r[o] @ conv2[o], a (k*k, k*k) product), and of delta (with forward's scaled conv2).
         c1 = (delta.view(t, ig) + ident).view(g, tg, ig)
         r = torch.bmm(gt.view(g, og * kk, ig), c1.transpose(1, 2)).view(o, kk, tg)
         g_c2 = _scaled_transpose(r, vector[r3]).view(c2w.shape)
-        gvec[r3] = (r * c2w.view(o, tg, kk).transpose(1, 2)).sum((1, 2))
-        c2t = _scaled_transpose(c2w.view(o, tg, kk), vector[r3])
+        gvec[r3] = torch.bmm(r, c2w.view(o, tg, kk)).diagonal(dim1=1, dim2=2).sum(1)
         g_delta = torch.bmm(c2t.view(g, og * kk, tg).transpose(1, 2), gt.view(g, og * kk, ig))
-        # 5: q[i, o, e] = sum_s grad[o, i, s] dw[i, e, s]; grads of pointwise, of its scale, of depthwise.
-        gb = gk.view(g, og, ig, kk).transpose(1, 2).reshape(g * ig, og, kk)
-        q = torch.bmm(gb, dw.view(g * ig, EXPAND, kk).transpose(1, 2)).view(g, ig, og, EXPAND).transpose(1, 2)
+        # 5: q[i, o, e] = sum_s grad[o, i, s] dw[i, e, s], reading grad in place; grads of pointwise, of
+        # its scale (the trace of q[o]^T pw[o], an (8, 8) product) and of depthwise.
+        gb = gk.view(g, og, ig, kk).transpose(1, 2)  # (g, I/g, O/g, kk) view
+        q = torch.matmul(gb, dw.view(g, ig, EXPAND, kk).transpose(2, 3)).transpose(1, 2)  # (g, O/g, I/g, 8)
         v5 = vector[r5].view(g, og, 1, 1)
         pw4 = pw.view(g, og, ig, EXPAND)
-        g_pw = torch.mul(q, v5, out=torch.empty_like(pw).view(g, og, ig, EXPAND)).view(pw.shape)
-        gvec[r5] = (q * pw4).sum((2, 3)).view(o)
-        pwv_b = (pw4 * v5).transpose(1, 2).reshape(g * ig, og, EXPAND)
-        g_dw = torch.bmm(pwv_b.transpose(1, 2), gb).reshape(dw.shape)
+        gvec[r5] = torch.matmul(q.transpose(2, 3), pw4).diagonal(dim1=2, dim2=3).sum(2).view(o)
+        g_pw = q.contiguous().mul_(v5).view(pw.shape)  # last use of q (contiguous() may return q itself)
+        g_dw = torch.matmul((pw4 * v5).permute(0, 2, 3, 1), gb).reshape(dw.shape)
         return (None, gvec, g_w0, g_delta.reshape(delta.shape), g_c2, g_dw, g_pw, None, None, *g_factors)
 
 
