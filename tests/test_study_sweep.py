@@ -35,6 +35,7 @@ class FakeTask:
     shown = ("top1",)
     paired = ("top1",)
     plot_latency = ("torch b1", None)
+    int8_phase = True  # with int8=True: an "int8" record per test run (as detection does)
 
     def __init__(self, stop_after: int | None = None, tag: str = "a") -> None:
         self.calls: list[tuple[str, str, float, int]] = []
@@ -53,6 +54,8 @@ class FakeTask:
         self.calls.append((phase, variant, lr, seed))
         if phase == "sweep":
             metrics = {"val top1": VAL[variant][lr] + seed}
+        elif phase == "int8":
+            metrics = {"top1 int8": TEST[variant][lr] - 1.0 - seed}
         else:
             metrics = {"top1": TEST[variant][lr] + 0.5 * seed * (variant == "orepa")}
         return RunRecord(variant, seed, metrics, 1.0, None, 2.0, lr, phase)
@@ -121,6 +124,26 @@ def test_a_stopped_study_resumes_where_it_stopped_with_the_same_results(monkeypa
     assert done.calls == []
 
 
+def test_int8_records_join_a_finished_study_without_retraining(monkeypatch, tmp_path) -> None:
+    first = FakeTask()
+    _fake_study(monkeypatch, tmp_path, first)  # int8=False: no int8 records
+    assert {c[0] for c in first.calls} == {"sweep", "test"}
+    stopped = FakeTask(stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        _fake_study(monkeypatch, tmp_path, stopped, int8=True)  # same recipe: trained runs are reused
+    assert [c[0] for c in stopped.calls] == ["int8", "int8"]
+    again = FakeTask()
+    result = _fake_study(monkeypatch, tmp_path, again, int8=True)
+    assert [c[0] for c in again.calls] == ["int8"] * 4 and not set(again.calls) & set(stopped.calls)
+    assert len(list((tmp_path / "s" / "records").glob("int8-*.json"))) == 6
+    for r in result.runs:
+        assert r.metrics == {"top1": r.metrics["top1"], "top1 int8": TEST[r.variant][r.lr] - 1.0 - r.seed}
+    assert {row["variant"]: float(row["top1 int8 mean"]) for row in _csv(result.files["summary"])} == {
+        "plain": TEST["plain"][0.1] - 2.0,
+        "orepa": TEST["orepa"][0.4] - 2.0,
+    }
+
+
 def test_sweep_epochs_reach_the_sweep_runs_only(monkeypatch, tmp_path) -> None:
     import reparam.study.classification as cls
 
@@ -138,6 +161,8 @@ def test_sweep_epochs_reach_the_sweep_runs_only(monkeypatch, tmp_path) -> None:
     assert "1 epochs each" in result.files["markdown"].read_text()
     with pytest.raises(ValueError, match=r"differs in: sweep_epochs"):
         run_study("classification", out=tmp_path / "s", **(args | {"sweep_epochs": 2}))
+    with pytest.raises(ValueError, match=r"differs in: int8"):  # classification measures INT8 in its runs
+        run_study("classification", out=tmp_path / "s", **(args | {"int8": True}))
     with pytest.raises(ValueError, match="sweep_epochs must be >= 1, got 0"):
         run_study("classification", out=tmp_path / "t", **(args | {"sweep_epochs": 0}))
 
@@ -147,7 +172,6 @@ def test_another_recipe_in_the_same_folder_is_refused_before_any_run(monkeypatch
     for kw, differs in (
         ({"epochs": 2}, "epochs, sweep_epochs"),
         ({"lrs": (0.1, 0.2)}, "lrs"),
-        ({"int8": True}, "int8"),
     ):
         task = FakeTask()
         with pytest.raises(ValueError, match=rf"holds a study with another recipe \(differs in: {differs}\)"):

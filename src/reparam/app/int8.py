@@ -33,14 +33,18 @@ from reparam.yolo.export import export_atomic
 from reparam.yolo.quantize import (
     IMAGE_SUFFIXES,
     activation_type,
+    copy_metadata,
     decode_nodes,
+    image_files,
     letterbox_images,
     onnx_outputs,
-    ort_session,
+    ort_call,
     output_error,
     quantizable_convs,
     quantize_detector,
     rank_sensitivity,
+    spread,
+    training_images,
 )
 
 __all__ = [
@@ -58,7 +62,6 @@ CALIB_DEFAULT = 128
 """Calibration images used when ``calib=`` is not given (evenly spread over the training images)."""
 INT8_FORMATS = ("onnx", "openvino")
 _PROBE = 16  # images on which the sensitivity ranking and the INT8 output error are measured
-_MAX_FILES = 100_000  # bound on a calibration folder walk
 
 
 @dataclass
@@ -113,40 +116,6 @@ class Int8Result:
             out.append(f"sensitivity ranking (most sensitive first) saved to {self.csv}:")
             out += [f"  {i + 1:3d}. {r.node}  {r.error:.3e}" for i, r in enumerate(self.ranking[:10])]
         return out
-
-
-def _image_files(folder: Path) -> list[Path]:
-    files = []
-    for f in folder.rglob("*"):
-        if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-            files.append(f)
-            if len(files) > _MAX_FILES:
-                raise ValueError(f"calib={folder} holds more than {_MAX_FILES} images; give a smaller folder")
-    return sorted(files)
-
-
-def _data_images(data: Path) -> list[Path]:
-    """The training images of an Ultralytics data YAML (a folder, a list file or a list of them)."""
-    from ultralytics.data.utils import check_det_dataset
-
-    train = check_det_dataset(str(data))["train"]
-    files: list[Path] = []
-    for entry in train if isinstance(train, list) else [train]:
-        p = Path(entry)
-        if p.is_dir():
-            files += _image_files(p)
-        elif p.is_file():
-            files += [Path(line.strip()) for line in p.read_text().splitlines()[:_MAX_FILES] if line.strip()]
-    if not files:
-        raise ValueError(f"data={data}: its train split holds no images to calibrate on")
-    return files
-
-
-def _spread(files: list[Path], n: int) -> list[Path]:
-    """``n`` of ``files`` evenly spread (all of them when there are fewer)."""
-    if len(files) <= n:
-        return files
-    return [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
 
 
 def _model_data(net: YOLO, data: str | Path | None, progress: Progress | None) -> Path:
@@ -225,32 +194,18 @@ def plan_int8(
         else:
             source = check_data_yaml(path)
     if folder is not None:
-        files = _image_files(folder)
+        files = image_files(folder, "calib")
         if not files:
             raise ValueError(f"calib={calib} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     else:
         source = source or _model_data(net, data, progress)
-        files = _spread(_data_images(source), limit)
+        files = spread(training_images(source), limit)
     plan = Int8Plan(files, auto, skip)
     if fmt == "onnx":
         plan.int8_path = check_writable(target.with_name(target.stem + ".int8.onnx"), overwrite)
         if auto is not None:
             plan.csv_path = check_writable(target.with_name(target.stem + ".int8-sensitivity.csv"), overwrite)
     return plan
-
-
-def _copy_metadata(src: Path, dst: Path) -> None:
-    """Ultralytics reads names, stride and imgsz from the ONNX metadata: give the INT8 file the fp32 one's."""
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
-    model = onnx.load(str(dst))
-    have = {p.key for p in model.metadata_props}
-    for key, value in meta.items():
-        if key not in have:
-            prop = model.metadata_props.add()
-            prop.key, prop.value = key, value
-    onnx.save(model, str(dst))
 
 
 @strict_bools
@@ -293,7 +248,7 @@ def quantize_onnx(
             fp32, work / plan.int8_path.name, images, exclude=[*decode, *skip], activation=activation,
             per_channel=per_channel,
         )  # fmt: skip
-        _copy_metadata(fp32, q)
+        copy_metadata(fp32, q)
         probe = images[:_PROBE]
         error = output_error(onnx_outputs(fp32, probe), onnx_outputs(q, probe))
         result = Int8Result(plan.int8_path, activation, why, skip, len(decode), error, plan.csv_path, ranking)
@@ -321,9 +276,7 @@ def runner(path: Path, x: np.ndarray) -> Callable[[object], object]:
         compiled = ov.Core().compile_model(str(xml), "CPU", config)
         request = compiled.create_infer_request()
         return lambda _: request.infer({0: x})
-    session = ort_session(path)
-    name = session.get_inputs()[0].name
-    return lambda _: session.run(None, {name: x})
+    return ort_call(path, x)
 
 
 def measure_forms(

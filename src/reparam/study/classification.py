@@ -135,6 +135,7 @@ class ClassificationStudy:
     """Trains, converts, evaluates and (optionally) quantizes one small CNN per (variant, seed)."""
 
     metric = "top1"
+    int8_phase = False  # INT8 is measured inside each test run (the model is in memory there)
 
     def __init__(self, recipe: ClassificationRecipe, ctx: StudyContext) -> None:
         self.recipe, self.device, self.int8 = recipe, ctx.device, ctx.int8
@@ -194,6 +195,7 @@ class ClassificationStudy:
                 "warmup_epochs", "calib_images")  # fmt: skip
         return {
             **{k: getattr(r, k) for k in keep},
+            "int8": self.int8,  # measured inside each test run
             "data": self.data_name,
             "data sha256": self.data_sha256,
         }

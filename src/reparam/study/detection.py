@@ -7,11 +7,16 @@ tiles). The learning-rate sweep trains on the training images minus a fixed held
 that fifth's mAP50-95; the test runs train on all training images and report the data's val split, which
 the sweep never sees. mAP is measured by Ultralytics' validator on the checkpoint converted by
 ``reparam.yolo.convert_model`` (the deploy form); a block left unconverted is an error naming it.
-INT8 is not run for detection: see ``INT8_SKIPPED``.
+With ``int8`` each test run gets an "int8" record: its converted checkpoint exported to fp32 ONNX and
+quantized by :func:`reparam.yolo.quantize.quantize_detector` (QDQ, per-channel weights, the head's decode in
+float, calibrated on the training images), both validated by Ultralytics with ``rect=False`` and batch 1
+(as ``reparam val`` does); the files stay in ``out/int8/`` for the latency profile.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +29,10 @@ from torch import nn
 from reparam.bench.latency import compare_latency
 from reparam.bench.profile import count_flops, count_params
 from reparam.io import atomic_write_text
-from reparam.study.runner import PeakMemory, RunRecord, StudyContext, VariantProfile
-from reparam.text import Progress, say
+from reparam.study.runner import RECORDS_DIR, PeakMemory, RunRecord, StudyContext, VariantProfile
+from reparam.text import Progress
 
-__all__ = ["DETECTION_MODELS", "INT8_SKIPPED", "DetectionRecipe", "DetectionStudy", "train_zoo_model"]
+__all__ = ["DETECTION_MODELS", "DetectionRecipe", "DetectionStudy", "train_zoo_model"]
 
 SWEEP_HOLDOUT = 0.2
 """Share of the training images held out as the sweep's validation split (fixed, seed 0)."""
@@ -43,11 +48,6 @@ DETECTION_MODELS: dict[str, str] = {
 }
 """Variant -> model YAML (Ultralytics' own for "plain", reparam's zoo for the others)."""
 
-INT8_SKIPPED = (
-    "INT8 skipped for detection: its metric needs Ultralytics' NMS and mAP evaluation on the quantized "
-    "ONNX graph plus letterboxed calibration images, which this study does not implement yet"
-)
-
 
 @dataclass(frozen=True)
 class DetectionRecipe:
@@ -58,12 +58,14 @@ class DetectionRecipe:
     batch: int = 16
     workers: int = 0
     latency_rounds: int = 20
+    calib_images: int = 128
+    """INT8 calibration: this many training images, evenly spread (all of them when there are fewer)."""
     train_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     """``train_fn(model, data=, epochs=, imgsz=, batch=, device=, project=, name=, **overrides)`` returning
     an object with ``best`` (checkpoint) and ``data`` (data YAML); default :func:`train_zoo_model`."""
 
     def __post_init__(self) -> None:
-        for name in ("imgsz", "batch", "latency_rounds"):
+        for name in ("imgsz", "batch", "latency_rounds", "calib_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"recipe.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -108,9 +110,9 @@ def holdout_data(data_yaml: Path, folder: Path) -> Path:
     train = cfg["train"]
     if not isinstance(train, str) or not (root / train).is_dir():
         raise ValueError(f"{data_yaml}: the sweep needs 'train' to name one image folder, got {train!r}")
-    from reparam.yolo.quantize import IMAGE_SUFFIXES
+    from reparam.yolo.quantize import image_files
 
-    images = sorted(p for p in (root / train).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = image_files(root / train, "data")
     n_val = round(len(images) * SWEEP_HOLDOUT)
     if not 1 <= n_val < len(images):
         raise ValueError(f"{data_yaml}: {len(images)} training images are too few to hold out a sweep split")
@@ -132,8 +134,7 @@ class DetectionStudy:
 
     metric = "mAP50-95"
     shown = ("mAP50-95", "mAP50")
-    paired = ("mAP50-95", "mAP50")
-    plot_latency = ("torch b1", None)
+    int8_phase = True
 
     def __init__(self, recipe: DetectionRecipe, ctx: StudyContext) -> None:
         import reparam.yolo  # noqa: F401  (the yolo extra: missing, it is named before out= gets any file)
@@ -145,9 +146,14 @@ class DetectionStudy:
         self.epochs = {"sweep": ctx.sweep_epochs, "test": ctx.epochs}
         self.runs_dir = (out / "runs").resolve()
         self.memory = PeakMemory(device)
-        self.notes: list[str] = [INT8_SKIPPED] if int8 else []
+        self.notes: list[str] = []
+        self.int8 = int8
+        self.paired = ("mAP50-95", "mAP50", "mAP50-95 int8") if int8 else ("mAP50-95", "mAP50")
+        self.plot_latency = ("torch b1", "ort int8 b1" if int8 else None)
         if int8:
-            say(progress, INT8_SKIPPED)
+            from reparam.extras import require
+
+            require("onnx", "onnxruntime")  # the export extra: named before any training
 
     def describe(self) -> dict[str, object]:
         """The recipe as report rows."""
@@ -163,10 +169,19 @@ class DetectionStudy:
             "reported by the test runs only)",
             "memory method": f"{self.memory.method or 'not available'} (one peak over the training call)",
             "runs folder": str(self.runs_dir),
+            **({"int8": self._int8_recipe()} if self.int8 else {}),
         }
 
+    def _int8_recipe(self) -> str:
+        return (
+            "fp32 ONNX of each test run's converted checkpoint quantized with onnxruntime (QDQ, per-channel "
+            f"S8 weights, the head's decode in float), calibrated on {self.recipe.calib_images} training "
+            "images; both validated with rect=False, batch 1; files in out/int8/"
+        )
+
     def fingerprint(self) -> dict[str, object]:
-        """What makes two runs comparable: the recipe fields that change the numbers."""
+        """What makes two runs comparable: the recipe fields that change the trained numbers (not int8 or
+        calib_images: INT8 records can be added to a finished study, see ``int8_phase``)."""
         r = self.recipe
         return {"data": str(r.data), "imgsz": r.imgsz, "batch": r.batch, "workers": r.workers}
 
@@ -201,19 +216,26 @@ class DetectionStudy:
             nbs=r.batch,
         )
 
+    def _data_yaml(self) -> Path:
+        """The recipe's data YAML (the default tree-crown data prepared once when ``data`` is None)."""
+        if self.recipe.data is not None:
+            return Path(self.recipe.data)
+        from reparam.data.deepforest import prepare_deepforest
+
+        return prepare_deepforest(tile=self.recipe.imgsz, progress=self.progress).yaml
+
     def run(self, variant: str, seed: int, lr: float, phase: str) -> RunRecord:
         """Train ``variant`` with ``seed`` at ``lr0=lr``, then mAP of the converted checkpoint: on the
-        held-out part of the training images for a "sweep" run, else on the data's val split."""
+        held-out part of the training images for a "sweep" run, else on the data's val split. Phase
+        "int8": no training, the INT8 metrics of the test run's checkpoint (:meth:`_int8`)."""
+        if phase == "int8":
+            return self._int8(variant, seed, lr)
         r = self.recipe
         sweep = phase == "sweep"
         name = f"sweep-{variant}-lr{lr:g}-seed{seed}" if sweep else f"{variant}-seed{seed}"
         data: object = r.data
         if sweep:
-            if r.data is None:  # the default data is prepared (once) by the train function
-                from reparam.data.deepforest import prepare_deepforest
-
-                data = prepare_deepforest(tile=r.imgsz, progress=self.progress).yaml
-            data = holdout_data(Path(str(data)), self.out / "sweep-data")
+            data = holdout_data(self._data_yaml(), self.out / "sweep-data")
         t0 = time.perf_counter()
         self.memory.start()
         result = self._train(variant, seed, lr, data, name, self.epochs[phase])
@@ -236,6 +258,60 @@ class DetectionStudy:
         seconds = time.perf_counter() - t0
         return RunRecord(variant, seed, metrics, train_s / self.epochs[phase], peak, seconds, lr, phase)
 
+    def _int8(self, variant: str, seed: int, lr: float) -> RunRecord:
+        """The test run's converted checkpoint as fp32 ONNX and INT8 ONNX (``out/int8/<variant>-seed<s>``),
+        mAP of both on the val split (``rect=False``, batch 1) and the INT8 drop in mAP50-95."""
+        from ultralytics import YOLO
+
+        from reparam.yolo.export import export_atomic
+        from reparam.yolo.quantize import (
+            activation_type,
+            copy_metadata,
+            decode_nodes,
+            letterbox_images,
+            quantize_detector,
+            spread,
+            training_images,
+        )
+
+        r, t0, name = self.recipe, time.perf_counter(), f"{variant}-seed{seed}"
+        ckpt = self.runs_dir / name / "weights" / "best.pt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(
+                f"{ckpt} is gone: the int8 record of {name} quantizes that test run's checkpoint; delete "
+                f"{RECORDS_DIR}/test-{variant}-lr{lr!r}-seed{seed}.json in out= to train it again"
+            )
+        net, data = self._deploy(ckpt), self._data_yaml()
+        folder = self.out / "int8"
+        folder.mkdir(parents=True, exist_ok=True)
+        forms = {"ort fp32": folder / f"{name}.onnx", "int8": folder / f"{name}.int8.onnx"}
+        with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=folder) as tmp:
+            fp32 = export_atomic(
+                net,
+                Path(tmp) / forms["ort fp32"].name,
+                format="onnx",
+                imgsz=r.imgsz,
+                simplify=False,
+                device="cpu",
+            )
+            images = letterbox_images(spread(training_images(data), r.calib_images), r.imgsz)
+            decode = decode_nodes(fp32, f"/model.{len(net.model.model) - 1}/")
+            q = quantize_detector(
+                fp32, Path(tmp) / forms["int8"].name, images, exclude=decode, activation=activation_type()[0]
+            )
+            copy_metadata(fp32, q)
+            for made, final in ((fp32, forms["ort fp32"]), (q, forms["int8"])):
+                os.replace(made, final)
+        metrics: dict[str, float] = {}
+        for label, path in forms.items():
+            m = YOLO(str(path), task="detect").val(
+                data=str(data), imgsz=r.imgsz, batch=1, rect=False, device="cpu", plots=False, verbose=False,
+                project=str(self.runs_dir), name=f"{name}-val-{label.replace(' ', '-')}", exist_ok=True,
+            )  # fmt: skip
+            metrics[f"mAP50-95 {label}"], metrics[f"mAP50 {label}"] = float(m.box.map), float(m.box.map50)
+        metrics["int8 drop"] = metrics["mAP50-95 ort fp32"] - metrics["mAP50-95 int8"]
+        return RunRecord(variant, seed, metrics, 0.0, None, time.perf_counter() - t0, lr, "int8")
+
     def profile(self, variants: Sequence[str]) -> dict[str, VariantProfile]:
         """Params (training YAML, deploy form), GFLOPs and interleaved batch-1 latency of the deploy forms
         (each variant's first trained test run)."""
@@ -255,4 +331,20 @@ class DetectionStudy:
         timed = compare_latency(forms, x, rounds=self.recipe.latency_rounds)
         for v in variants:
             profiles[v].latency["torch b1"] = timed[v]
+        if self.int8:
+            from reparam.yolo.quantize import ort_call
+
+            xn, calls = x.cpu().numpy(), {}
+            for v in variants:  # the first seed's INT8 record made both files
+                fp32 = (
+                    sorted((self.out / "int8").glob(f"{v}-seed*.int8.onnx"))[0]
+                    .with_suffix("")
+                    .with_suffix(".onnx")
+                )
+                calls[f"{v}|ort fp32 b1"] = ort_call(fp32, xn)
+                calls[f"{v}|ort int8 b1"] = ort_call(fp32.with_suffix(".int8.onnx"), xn)
+            rounds = self.recipe.latency_rounds
+            for key, t in compare_latency(calls, x, rounds=rounds, calls_per_round=1).items():
+                v, label = key.split("|")
+                profiles[v].latency[label] = t
         return profiles

@@ -20,7 +20,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -58,7 +58,8 @@ shorter sweep for time, Ultralytics' default 0.01 and 4x it for blocks whose ker
 @dataclass
 class RunRecord:
     """One trained model: its metrics (measured on the deploy form), training time and memory per epoch,
-    its learning rate and phase ("sweep": metrics on the validation split; "test": on the test data)."""
+    its learning rate and phase ("sweep": metrics on the validation split; "test": on the test data; "int8":
+    INT8 metrics of that test run's model, no training: time and memory 0 and None)."""
 
     variant: str
     seed: int
@@ -120,6 +121,9 @@ class StudyTask(Protocol):
     paired: tuple[str, ...]
     plot_latency: tuple[str, str | None]
     notes: list[str]
+    int8_phase: bool
+    """True: with ``int8`` the loop asks ``run(variant, seed, lr, "int8")`` after each test run, a separate
+    record that reads what the test run kept (its checkpoint), so INT8 can be added to a finished study."""
 
     def describe(self) -> dict[str, object]: ...
 
@@ -258,7 +262,7 @@ class _Plan:
 
     def __call__(self, phase: str, variant: str, lr: float, seed: int) -> RunRecord:
         self.done += 1
-        what = f"{'sweep ' if phase == 'sweep' else ''}{variant} lr {lr:g} seed {seed}"
+        what = f"{'' if phase == 'test' else phase + ' '}{variant} lr {lr:g} seed {seed}"
         rec = self.ledger.get(phase, variant, lr, seed)
         if rec is not None:
             say(self.progress, f"run {self.done}/{self.total}: {what} (recorded, not rerun)")
@@ -275,10 +279,20 @@ class _Plan:
         self.trained += 1
         mem = "n/a" if rec.peak_mb_per_epoch is None else f"{rec.peak_mb_per_epoch:.0f} MB"
         shown = ", ".join(
-            f"{m} {v:.4g}" for m, v in rec.metrics.items() if m in self.study.shown or phase == "sweep"
+            f"{m} {v:.4g}" for m, v in rec.metrics.items() if m in self.study.shown or phase != "test"
         )
-        say(self.progress, f"  {what}: {shown}; {rec.train_s_per_epoch:.1f} s/epoch, peak +{mem}/epoch")
+        cost = (
+            f"{rec.seconds:.0f} s"
+            if phase == "int8"
+            else f"{rec.train_s_per_epoch:.1f} s/epoch, peak +{mem}/epoch"
+        )
+        say(self.progress, f"  {what}: {shown}; {cost}")
         return rec
+
+
+def _merged(test: RunRecord, int8: RunRecord) -> RunRecord:
+    """The test run with the metrics its INT8 record measured added."""
+    return replace(test, metrics={**test.metrics, **int8.metrics})
 
 
 def _check_args(
@@ -392,11 +406,12 @@ def run_study(
         study = _make_task(task, recipe, ctx)
         fingerprint = {
             "task": task, "epochs": epochs, "lrs": lrs, "sweep_seeds": sweep_seeds,
-            "sweep_epochs": sweep_epochs, "device": str(dev), "int8": int8, "num_threads": num_threads,
+            "sweep_epochs": sweep_epochs, "device": str(dev), "num_threads": num_threads,
             **study.fingerprint(),
         }  # fmt: skip
         ledger = _Ledger(out, fingerprint, overwrite, report.existing_reports(out))
-        total = len(variants) * (len(lrs) * len(sweep_seeds) + len(seeds))
+        int8_runs = len(seeds) if int8 and study.int8_phase else 0
+        total = len(variants) * (len(lrs) * len(sweep_seeds) + len(seeds) + int8_runs)
         plan = _Plan(study, ledger, total, progress)
         sweep = [plan("sweep", v, lr, s) for v in variants for lr in lrs for s in sweep_seeds]
         rows = [{"variant": r.variant, "lr": r.lr, "seed": r.seed, **r.metrics} for r in sweep]
@@ -406,6 +421,8 @@ def run_study(
             say(progress, "chosen rates (best validation " + study.metric + "): "
                 + ", ".join(f"{v} {lr:g}" for v, lr in chosen.items()))  # fmt: skip
         runs = [plan("test", v, chosen[v], s) for s in seeds for v in variants]
+        if int8_runs:
+            runs = [_merged(r, plan("int8", r.variant, r.lr, r.seed)) for r in runs]
         say(
             progress,
             f"all {total} runs done ({plan.trained} trained now) in {clock(time.perf_counter() - t_start)}",

@@ -30,17 +30,73 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Sensitivity",
     "activation_type",
+    "copy_metadata",
     "decode_nodes",
+    "image_files",
     "letterbox_images",
     "onnx_outputs",
+    "ort_call",
     "ort_session",
     "quantizable_convs",
     "quantize_detector",
     "rank_sensitivity",
+    "spread",
+    "training_images",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _INPUT = "images"
+MAX_FILES = 100_000
+"""Bound on the images one folder walk or list file may name (a hostile folder stays cheap)."""
+
+
+def image_files(folder: Path, arg: str) -> list[Path]:
+    """The images under ``folder``, sorted; ValueError naming ``arg=`` past :data:`MAX_FILES`."""
+    files = []
+    for f in folder.rglob("*"):
+        if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+            files.append(f)
+            if len(files) > MAX_FILES:
+                raise ValueError(f"{arg}={folder} holds more than {MAX_FILES} images; give a smaller folder")
+    return sorted(files)
+
+
+def training_images(data: Path) -> list[Path]:
+    """The training images of an Ultralytics data YAML (a folder, a list file or a list of them)."""
+    from ultralytics.data.utils import check_det_dataset
+
+    train = check_det_dataset(str(data))["train"]
+    files: list[Path] = []
+    for entry in train if isinstance(train, list) else [train]:
+        p = Path(entry)
+        if p.is_dir():
+            files += image_files(p, "data")
+        elif p.is_file():
+            files += [Path(line.strip()) for line in p.read_text().splitlines()[:MAX_FILES] if line.strip()]
+    if not files:
+        raise ValueError(f"data={data}: its train split holds no images to calibrate on")
+    return files
+
+
+def spread(files: list[Path], n: int) -> list[Path]:
+    """``n`` of ``files`` evenly spread (all of them when there are fewer)."""
+    if len(files) <= n:
+        return files
+    return [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
+
+
+def copy_metadata(src: Path, dst: Path) -> None:
+    """Ultralytics reads names, stride and imgsz from the ONNX metadata: give the INT8 file the fp32 one's."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
+    model = onnx.load(str(dst))
+    have = {p.key for p in model.metadata_props}
+    for key, value in meta.items():
+        if key not in have:
+            prop = model.metadata_props.add()
+            prop.key, prop.value = key, value
+    onnx.save(model, str(dst))
 
 
 def letterbox_images(files: Sequence[Path], imgsz: int) -> np.ndarray:
@@ -203,6 +259,13 @@ def ort_session(path: Path, threads: int = 1, optimized: Path | None = None) -> 
     if optimized is not None:
         options.optimized_model_filepath = str(optimized)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_call(path: Path, x: np.ndarray) -> Any:
+    """A one-thread call of the ONNX file ``path`` on the fixed input ``x`` (for latency rounds)."""
+    session = ort_session(path)
+    name = session.get_inputs()[0].name
+    return lambda _: session.run(None, {name: x})
 
 
 def _probe_model(path: Path, c: int = 32, size: int = 40, depth: int = 4) -> np.ndarray:
