@@ -21,6 +21,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from reparam.text import shorten
+
 __all__ = ["SwitchError", "bool_parameters", "check_bool", "strict_bools"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,8 +35,7 @@ class SwitchError(TypeError, ValueError):
 
 
 def _shown(value: object) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+    return f"{type(value).__name__} {shorten(repr(value), 63)}"
 
 
 def check_bool(name: str, value: object, *, optional: bool = False) -> None:

@@ -159,11 +159,16 @@ class _Step:
 
     def apply(self) -> None:
         """Make the change; the modules it creates take the owner's train/eval mode."""
-        before = {id(m) for m in self.owner.modules()}
-        self.change()
-        for m in self.owner.modules():
-            if id(m) not in before:
-                m.training = self.owner.training
+        _in_owner_mode(self.owner, self.change)
+
+
+def _in_owner_mode(owner: nn.Module, change: Callable[[], object]) -> None:
+    """Run ``change``; every module it adds under ``owner`` takes ``owner``'s train/eval mode."""
+    before = {id(m) for m in owner.modules()}
+    change()
+    for m in owner.modules():
+        if id(m) not in before:
+            m.training = owner.training
 
 
 def _replaced_parts(module: nn.Module) -> list[nn.Module]:
@@ -414,11 +419,7 @@ def _convert_tree(module: nn.Module, name: str) -> None:
     """Convert ``module`` first (it may read its children's branches), then whatever children remain."""
     method = conversion_method(module)
     if method is not None and not is_deployed(module):
-        before = {id(m) for m in module.modules()}
-        method()
-        for m in module.modules():  # what the method creates takes the block's train/eval mode
-            if id(m) not in before:
-                m.training = module.training
+        _in_owner_mode(module, method)
         if answers_protocol(module) and not module.deployed:
             raise RuntimeError(
                 f"{name or '<model>'} ({type(module).__name__}).reparameterize() returned but the module "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["Progress", "first_line", "say", "text_table"]
+__all__ = ["Progress", "first_line", "say", "shorten", "text_table"]
 
 Progress = Callable[[str], None]
 
@@ -24,12 +24,16 @@ MAX_LINE = 500
 """Longest error line shown: a message quoting a file's content (a row, a path) is cut there, with '...'."""
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ending in '...' when cut (values quoted in errors stay short)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def first_line(error: BaseException) -> str:
     """The first non-empty line of an error's message (its class name when the message is empty), cut to
     ``MAX_LINE`` characters, ending in '...' (a message may quote a hostile file's content)."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    line = lines[0] if lines else type(error).__name__
-    return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
+    return shorten(lines[0] if lines else type(error).__name__, MAX_LINE)
 
 
 def columns(rows: Sequence[Mapping[str, object]]) -> list[str]:

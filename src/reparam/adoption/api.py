@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -131,14 +132,8 @@ def _failure(report: AdoptReport, target: nn.Module, x: Tensor, adopted: list[tu
         if id(block) not in seen:
             continue
         old = [unit.module, unit.conv, block] + ([unit.bn] if unit.bn is not None else [])
-        flags = [(m, m.training) for mod in old for m in mod.modules()]
-        for mod in old:
-            mod.eval()
-        try:
+        with _eval_modes(*old):
             rel = relative_error(_unit_forward(unit, seen[id(block)]), block(seen[id(block)]))[1]
-        finally:
-            for m, training in flags:
-                m.training = training
         if not rel <= report.rtol:
             bad.append(f"{unit.name or '<model>'} (rel error {rel:.3g})")
     if not bad:
@@ -176,22 +171,31 @@ def _input(model: nn.Module, units: list[Unit], input_shape: Sequence[int] | Non
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(device=p.device, dtype=p.dtype)
 
 
-@torch.no_grad()
-def _eval_output(model: nn.Module, x: Tensor) -> Any:
-    """The model's eval-mode output on ``x``; every module's own train/eval flag is restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+@contextlib.contextmanager
+def _eval_modes(*modules: nn.Module) -> Iterator[None]:
+    """``modules`` in eval mode inside; every submodule's own train/eval flag restored afterwards."""
+    flags = [(m, m.training) for mod in modules for m in mod.modules()]
+    for mod in modules:
+        mod.eval()
     try:
-        return model(x)
-    except Exception as err:
-        raise ValueError(
-            f"input_shape={tuple(x.shape)}: the model failed on a random input of this shape "
-            f"({type(err).__name__}: {err}); call reparam.adopt(model, to, input_shape=...) from Python "
-            "with a shape the model accepts"
-        ) from err
+        yield
     finally:
         for m, training in flags:
             m.training = training
+
+
+@torch.no_grad()
+def _eval_output(model: nn.Module, x: Tensor) -> Any:
+    """The model's eval-mode output on ``x``; every module's own train/eval flag is restored afterwards."""
+    with _eval_modes(model):
+        try:
+            return model(x)
+        except Exception as err:
+            raise ValueError(
+                f"input_shape={tuple(x.shape)}: the model failed on a random input of this shape "
+                f"({type(err).__name__}: {err}); call reparam.adopt(model, to, input_shape=...) from Python "
+                "with a shape the model accepts"
+            ) from err
 
 
 def _plan(

@@ -147,6 +147,7 @@ class DetectionStudy:
         self.runs_dir = (out / "runs").resolve()
         self.memory = PeakMemory(device)
         self.notes: list[str] = []
+        self._holdout: Path | None = None
         self.int8 = int8
         self.paired = ("mAP50-95", "mAP50", "mAP50-95 int8") if int8 else ("mAP50-95", "mAP50")
         self.plot_latency = ("torch b1", "ort int8 b1" if int8 else None)
@@ -235,7 +236,9 @@ class DetectionStudy:
         name = f"sweep-{variant}-lr{lr:g}-seed{seed}" if sweep else f"{variant}-seed{seed}"
         data: object = r.data
         if sweep:
-            data = holdout_data(self._data_yaml(), self.out / "sweep-data")
+            if self._holdout is None:  # written once per study process, read by every sweep run
+                self._holdout = holdout_data(self._data_yaml(), self.out / "sweep-data")
+            data = self._holdout
         t0 = time.perf_counter()
         self.memory.start()
         result = self._train(variant, seed, lr, data, name, self.epochs[phase])

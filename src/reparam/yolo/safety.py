@@ -20,7 +20,7 @@ from torch import nn
 
 from reparam.checks import strict_bools
 from reparam.io import AllowEntry, UnsafeCheckpointError, global_name, load_checkpoint
-from reparam.text import first_line
+from reparam.text import first_line, shorten
 
 __all__ = [
     "check_model_cfg",
@@ -297,8 +297,7 @@ def _data_children(obj: Any) -> list[Any]:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shorten(repr(value), 60)
 
 
 def _bounded(source: str, field: str, value: Any, low: float, high: float, kind: type = int) -> None:
