@@ -217,6 +217,11 @@ def _scaled_transpose(x: Tensor, scale: Tensor) -> Tensor:
     return x.transpose(1, 2).clone(memory_format=torch.contiguous_format).mul_(scale.view(-1, 1, 1))
 
 
+def _rows(vector: Tensor, rows: tuple[int, ...]) -> Tensor:
+    """``vector[list(rows)]`` as slices and one cat (indexing with a list costs a host tensor per call)."""
+    return torch.cat([vector[r : r + 1] for r in rows])
+
+
 class _GenerateKernel(torch.autograd.Function):
     """OREPA's kernel generation with a hand-written backward.
 
@@ -251,16 +256,17 @@ class _GenerateKernel(torch.autograd.Function):
         c2t = _scaled_transpose(c2w.view(o, tg, kk), vector[r3])
         acc = torch.bmm(c2t.view(g, og * kk, tg), c1).view(o, kk, ig)
         # 1, 2, (4): per output channel, (kk, nf) scaled fixed filters times (nf, I/g) factors.
-        filt = fixed.view(nf, o, kk) * vector[list(fixed_rows)].view(nf, o, 1)
-        acc.baddbmm_(filt.permute(1, 2, 0), torch.stack([f.view(o, ig) for f in factors], 1))
+        fac = torch.stack([f.view(o, ig) for f in factors], 1)  # (O, nf, I/g)
+        filt = fixed.view(nf, o, kk) * _rows(vector, fixed_rows).view(nf, o, 1)
+        acc.baddbmm_(filt.permute(1, 2, 0), fac)
         # 5: depthwise (8 per input channel) -> pointwise: a GEMM per input channel, batched, reading the
         # pointwise weight in place (each input channel's (O/g, 8) block is a strided matrix).
         k5 = torch.matmul(pw.view(g, og, ig, EXPAND).transpose(1, 2), dw.view(g, ig, EXPAND, kk))
         acc.view(g, og, kk, ig).addcmul_(k5.permute(0, 2, 3, 1), vector[r5].view(g, og, 1, 1))
         # 0: origin, added to the kernel in (O, I/g, k, k) order (a blocked transpose copy of acc).
         out = acc.transpose(1, 2).contiguous().addcmul_(w0.view(o, ig, kk), vector[0].view(o, 1, 1))
-        ctx.geom = geom
-        ctx.save_for_backward(vector, w0, delta, c2w, dw, pw, fixed, ident, c2t, *factors)
+        ctx.geom, ctx.factor_shapes = geom, [f.shape for f in factors]
+        ctx.save_for_backward(vector, w0, delta, c2w, dw, pw, fixed, ident, c2t, fac)
         return out.view(w0.shape)
 
     @staticmethod
@@ -274,19 +280,21 @@ class _GenerateKernel(torch.autograd.Function):
         """Gradients of every input, in the dtype forward received (the generator's work dtype)."""
         o, g, k, t, ig, fixed_rows, r3, r5 = ctx.geom
         og, tg, kk, nf = o // g, t // g, k * k, len(fixed_rows)
-        rows = list(fixed_rows)
-        vector, w0, delta, c2w, dw, pw, fixed, ident, c2t, *factors = ctx.saved_tensors
+        vector, w0, delta, c2w, dw, pw, fixed, ident, c2t, fac = ctx.saved_tensors
         gk = grad.contiguous().view(o, ig, kk)
         gt = gk.transpose(1, 2).contiguous()  # (O, kk, I/g): the GEMM order of branches 1-4
-        gvec = torch.empty_like(vector)  # every row is written below
+        gvec: dict[int, Tensor] = {}  # row r: the gradient of vector[r], stacked at the end
         # 0: origin; its scale's gradient as the trace of grad[o]^T w0[o], a (k*k, k*k) product.
         g_w0 = (gk * vector[0].view(o, 1, 1)).view(w0.shape)
         gvec[0] = torch.bmm(gt, w0.view(o, ig, kk)).diagonal(dim1=1, dim2=2).sum(1)
         # 1, 2, (4): h[o, b, i] = sum_s filter_b[o, s] grad[o, i, s], one batched GEMM.
         h = torch.bmm(fixed.view(nf, o, kk).transpose(0, 1), gt)  # (O, nf, I/g)
-        g_fac = h * vector[rows].t().reshape(o, nf, 1)
-        gvec[rows] = (h * torch.stack([f.view(o, ig) for f in factors], 1)).sum(2).t()
-        g_factors = [g_fac[:, b].reshape(f.shape) for b, f in enumerate(factors)]
+        g_fac = torch.mul(
+            h.transpose(0, 1), _rows(vector, fixed_rows).view(nf, o, 1), out=fac.new_empty(nf, o, ig)
+        )
+        for r, g_r in zip(fixed_rows, (h * fac).sum(2).t(), strict=True):
+            gvec[r] = g_r
+        g_factors = [g_fac[b].view(f_shape) for b, f_shape in enumerate(ctx.factor_shapes)]
         # 3: r[o, s, t] = sum_i grad[o, i, s] c1[t, i]; grads of conv2, of its scale (the trace of
         # r[o] @ conv2[o], a (k*k, k*k) product), and of delta (with forward's scaled conv2).
         c1 = (delta.view(t, ig) + ident).view(g, tg, ig)
@@ -303,7 +311,8 @@ class _GenerateKernel(torch.autograd.Function):
         gvec[r5] = torch.matmul(q.transpose(2, 3), pw4).diagonal(dim1=2, dim2=3).sum(2).view(o)
         g_pw = q.contiguous().mul_(v5).view(pw.shape)  # last use of q (contiguous() may return q itself)
         g_dw = torch.matmul((pw4 * v5).permute(0, 2, 3, 1), gb).reshape(dw.shape)
-        return (None, gvec, g_w0, g_delta.reshape(delta.shape), g_c2, g_dw, g_pw, None, None, *g_factors)
+        g_vec = torch.stack([gvec[r] for r in range(len(gvec))])
+        return (None, g_vec, g_w0, g_delta.reshape(delta.shape), g_c2, g_dw, g_pw, None, None, *g_factors)
 
 
 @strict_bools
