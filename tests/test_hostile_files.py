@@ -188,9 +188,44 @@ def test_a_non_model_pt_says_what_it_holds(
     assert "holds a Sequential under 'model', not an Ultralytics model" in err, err
 
 
-@pytest.mark.parametrize("command", ["info", "verify", "deploy", "export", "adopt"])
-def test_a_5000_character_path_is_one_line(command: str, capsys: Capture) -> None:
-    argv = [command, "a" * 5_000 + ".pt"] + (["to=orepa"] if command == "adopt" else [])
-    assert main(argv) == 2
+LONG_NAME, LONG_PATH = "b" * 300, "a/" * 2_600 + "m"
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["info", "{}.pt"], "model"),
+        (["verify", "{}.pt"], "model"),
+        (["deploy", "{}.pt"], "ckpt"),
+        (["deploy", "x.pt", "out={}.pt"], "out"),
+        (["export", "{}.pt"], "model"),
+        (["export", "yolov8n.yaml", "out={}.onnx"], "out"),
+        (["export", "yolov8n.yaml", "int8=True", "calib={}"], "calib"),
+        (["adopt", "{}.pt", "to=orepa"], "model"),
+        (["val", "yolov8n.yaml", "data={}.yaml"], "data"),
+        (["train", "yolov8n.yaml", "project={}"], "project"),
+        (["demo", "out={}"], "out"),
+        (["study", "out={}"], "out"),
+    ],
+)
+@pytest.mark.parametrize("long", [LONG_NAME, LONG_PATH])
+def test_a_path_the_os_cannot_take_is_one_line_naming_its_key(
+    argv: list[str], key: str, long: str, capsys: Capture
+) -> None:
+    try:
+        code = main([a.format(long) for a in argv])
+    except SystemExit as exit_:  # refused by the option parser
+        code = exit_.code
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err and len(err) < 600, err[:1000]
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and len(err) < 600, err[:1000]
+    assert f"{key}=" in err and "Errno" not in err, err
+    assert ("bytes (at most 255)" if long == LONG_NAME else "characters (at most 4,096)") in err, err
+
+
+def test_python_api_names_the_argument_of_a_path_too_long() -> None:
+    from reparam.app.export import export_model
+    from reparam.app.models import load
+
+    for call, key in ((lambda p: load(p), "model"), (lambda p: export_model("yolov8n.yaml", out=p), "out")):
+        with pytest.raises(ValueError, match=rf"^{key}=b{{57}}\.\.\.: a path component has 303 bytes"):
+            call(LONG_NAME + ".pt")

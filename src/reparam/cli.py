@@ -34,10 +34,12 @@ from reparam.options import (
     build_parser,
     choice,
     int_at_least,
+    name_or_path,
     names,
     number_in,
     optional,
     parse_options,
+    path,
     rates,
     seeds,
     text,
@@ -172,7 +174,10 @@ _TRUST = Key(
 _IMGSZ = Key("imgsz", int_at_least(32), 320, "image size in pixels")
 _DEVICE = Key("device", text, "cpu", "torch device: cpu, 0, cuda:0, ...")
 _DATA = Key(
-    "data", optional(text), None, "data YAML (default: the DeepForest tree-crown set, see `reparam data`)"
+    "data",
+    optional(name_or_path),
+    None,
+    "data YAML (default: the DeepForest tree-crown set, see `reparam data`)",
 )
 
 COMMANDS: dict[str, Command] = {
@@ -184,14 +189,14 @@ COMMANDS: dict[str, Command] = {
             "benchmark, export; writes a report folder",
             _cmd_demo,
             (
-                Key("model", text, "yolov8n-orepa.yaml", _MODEL),
+                Key("model", name_or_path, "yolov8n-orepa.yaml", _MODEL),
                 _DATA,
                 Key("epochs", int_at_least(1), 30, "training epochs"),
                 _IMGSZ,
                 Key("batch", int_at_least(1), 8, "training batch size (one optimizer step per batch)"),
                 Key(
                     "out",
-                    Path,
+                    path,
                     Path("runs/reparam-demo"),
                     "output folder (training run, deploy/, report/); a re-run replaces the demo's files",
                 ),
@@ -215,13 +220,13 @@ COMMANDS: dict[str, Command] = {
             "Ultralytics training with reparam's blocks registered (any Ultralytics train key is accepted)",
             _cmd_train,
             (
-                Key("model", text, None, _MODEL),
+                Key("model", name_or_path, None, _MODEL),
                 _DATA,
                 Key("epochs", int_at_least(1), 25, "training epochs"),
                 _IMGSZ,
                 Key("batch", int_at_least(1), 16, "batch size"),
                 _DEVICE,
-                Key("project", Path, Path("runs/reparam"), "runs folder"),
+                Key("project", path, Path("runs/reparam"), "runs folder"),
                 Key("name", text, "train", "run name inside project"),
                 _TRUST,
             ),
@@ -236,8 +241,8 @@ COMMANDS: dict[str, Command] = {
             "write a deploy checkpoint (every block converted) that loads without reparam",
             _cmd_deploy,
             (
-                Key("ckpt", Path, None, "training checkpoint (.pt)"),
-                Key("out", optional(Path), None, "output path (default: <ckpt stem>-deploy.pt)"),
+                Key("ckpt", path, None, "training checkpoint (.pt)"),
+                Key("out", optional(path), None, "output path (default: <ckpt stem>-deploy.pt)"),
                 Key("overwrite", boolean, False, "replace the output file if it exists (else: refused)"),
                 _TRUST,
             ),
@@ -249,7 +254,7 @@ COMMANDS: dict[str, Command] = {
             "prove the conversion: training vs converted form, per block and end to end",
             _cmd_verify,
             (
-                Key("model", text, None, _MODEL),
+                Key("model", name_or_path, None, _MODEL),
                 _IMGSZ,
                 Key("batch", int_at_least(1), 1, "batch size of the random input"),
                 Key("dtype", choice("float32", "float64"), "float32", "compute dtype (float64: strict)"),
@@ -266,7 +271,7 @@ COMMANDS: dict[str, Command] = {
             "convert and export through Ultralytics; ONNX is checked in onnxruntime",
             _cmd_export,
             (
-                Key("model", text, None, _MODEL),
+                Key("model", name_or_path, None, _MODEL),
                 Key("format", text, "onnx", "any Ultralytics export format (onnx, torchscript, ...)"),
                 _IMGSZ,
                 Key("dynamic", boolean, False, "dynamic batch and image size axes"),
@@ -292,7 +297,7 @@ COMMANDS: dict[str, Command] = {
                 ),
                 Key(
                     "calib",
-                    optional(text),
+                    optional(name_or_path),
                     None,
                     "INT8 calibration: a folder of images, a data YAML or a number of the model's training "
                     "images (default: 128 of them)",
@@ -317,7 +322,7 @@ COMMANDS: dict[str, Command] = {
             "(rect=False, batch 1): mAP50 and mAP50-95",
             _cmd_val,
             (
-                Key("model", text, None, _MODEL + ", an .onnx file or an _openvino_model folder"),
+                Key("model", name_or_path, None, _MODEL + ", an .onnx file or an _openvino_model folder"),
                 _DATA,
                 _IMGSZ,
                 _DEVICE,
@@ -330,7 +335,7 @@ COMMANDS: dict[str, Command] = {
             "info",
             "params and FLOPs of the training and converted forms, and the blocks used",
             _cmd_info,
-            (Key("model", text, None, _MODEL), _IMGSZ, _TRUST),
+            (Key("model", name_or_path, None, _MODEL), _IMGSZ, _TRUST),
             positional=("model",),
             required=("model",),
         ),
@@ -353,7 +358,7 @@ COMMANDS: dict[str, Command] = {
                 ),
                 Key(
                     "out",
-                    Path,
+                    path,
                     Path("runs/reparam-bench"),
                     "report folder (Markdown, CSV, PNG; a re-run replaces the report files it wrote there)",
                 ),
@@ -366,7 +371,7 @@ COMMANDS: dict[str, Command] = {
             "the same function, and write a training checkpoint that fine-tunes",
             _cmd_adopt,
             (
-                Key("model", text, None, "trained Ultralytics checkpoint (.pt) or model YAML"),
+                Key("model", name_or_path, None, "trained Ultralytics checkpoint (.pt) or model YAML"),
                 Key("to", text, None, "block family: repvgg, qarepvgg, dbb, orepa or dynamic"),
                 Key(
                     "where",
@@ -375,7 +380,7 @@ COMMANDS: dict[str, Command] = {
                     "zoo (the Conv rows the zoo YAML replaces), all3x3 (every 3x3 Conv row) or row indices "
                     "(0,1,3)",
                 ),
-                Key("out", optional(Path), None, "output checkpoint (default: <model stem>-<to>.pt)"),
+                Key("out", optional(path), None, "output checkpoint (default: <model stem>-<to>.pt)"),
                 Key("overwrite", boolean, False, "replace the output file if it exists (else: refused)"),
                 _TRUST,
             ),
@@ -426,7 +431,7 @@ COMMANDS: dict[str, Command] = {
                 ),
                 Key(
                     "out",
-                    optional(Path),
+                    optional(path),
                     None,
                     "report folder (default runs/reparam-study/<task>); the same command again resumes there",
                 ),
@@ -450,7 +455,7 @@ COMMANDS: dict[str, Command] = {
                 ),
                 Key(
                     "cache",
-                    optional(Path),
+                    optional(path),
                     None,
                     "cache folder (default: $REPARAM_CACHE or ~/.cache/reparam)",
                 ),

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from reparam.checks import strict_bools
-from reparam.text import first_line
+from reparam.text import first_line, shorten
 
 __all__ = [
     "TRUST_HINT",
@@ -32,10 +32,12 @@ __all__ = [
     "atomic_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_path",
     "check_writable",
     "checkpoint_globals",
     "global_name",
     "load_checkpoint",
+    "path_problem",
     "runs_code",
 ]
 
@@ -203,6 +205,32 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], *, overwrite: bool = Fal
     with atomic_path(path, overwrite=overwrite) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+MAX_PATH = 4_096
+"""Longest path argument accepted (Linux's PATH_MAX); a longer one is refused before any file access."""
+MAX_NAME = 255
+"""Longest path component accepted (Linux's NAME_MAX)."""
+
+
+def path_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a path (longer than :data:`MAX_PATH` characters, or a component longer than
+    :data:`MAX_NAME` bytes: the OS would say "File name too long"), or None."""
+    if len(name) > MAX_PATH:
+        return f"the path has {len(name):,} characters (at most {MAX_PATH:,})"
+    long = next((part for part in Path(name).parts if len(os.fsencode(part)) > MAX_NAME), None)
+    if long is not None:
+        return f"a path component has {len(os.fsencode(long)):,} bytes (at most {MAX_NAME})"
+    return None
+
+
+def check_path(arg: str, value: str | os.PathLike[str]) -> Path:
+    """``value`` as a Path; ValueError naming ``arg=`` when :func:`path_problem` finds one."""
+    name = os.fspath(value)
+    problem = path_problem(name)
+    if problem is not None:
+        raise ValueError(f"{arg}={shorten(name, 60)}: {problem}")
+    return Path(name)
 
 
 @strict_bools

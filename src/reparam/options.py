@@ -10,9 +10,12 @@ import argparse
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from reparam.checks import strict_bools
+from reparam.io import path_problem
+from reparam.text import shorten
 
 __all__ = [
     "FALSE",
@@ -23,10 +26,12 @@ __all__ = [
     "build_parser",
     "choice",
     "int_at_least",
+    "name_or_path",
     "names",
     "number_in",
     "optional",
     "parse_options",
+    "path",
     "rates",
     "seeds",
     "text",
@@ -110,6 +115,19 @@ def seeds(v: str) -> list[int]:
 
 def rates(v: str) -> list[float]:
     return _distinct(v, float, lambda r: math.isfinite(r) and r > 0, "learning rates > 0")
+
+
+def name_or_path(v: str) -> str:
+    """A name or a path (model, data, calib); one the OS cannot take as a path (too long) is refused."""
+    problem = path_problem(v)
+    if problem is not None:
+        raise ValueError(problem)
+    return v
+
+
+def path(v: str) -> Path:
+    """A file or folder argument; a path the OS cannot take (too long) is refused before any work."""
+    return Path(name_or_path(v))
 
 
 def optional(parse: Parser) -> Parser:
@@ -222,7 +240,7 @@ def parse_options(cmd: Command, tokens: Sequence[str]) -> dict[str, Any]:
             try:
                 given[name] = keys[name].parse(value)
             except ValueError as e:
-                raise ValueError(f"bad value for {name}={value!r}: {e}") from None
+                raise ValueError(f"bad value for {name}={shorten(repr(value), 80)}: {e}") from None
         elif name in extra:
             from ultralytics.cfg import smart_value
 

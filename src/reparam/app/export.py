@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from reparam.app.int8 import Int8Result, plan_int8, quantize_onnx
 from reparam.app.models import first_tensor, load, stride_imgsz
 from reparam.checks import strict_bools
+from reparam.io import check_path
 from reparam.text import Progress
 from reparam.verification import relative_error
 from reparam.yolo import convert_model
@@ -203,6 +204,9 @@ def export_model(
     """
     imgsz = stride_imgsz(imgsz)
     fmt = format.lower()
+    check_path("model", model)
+    if out is not None:
+        check_path("out", out)
     _refuse_quantized(model)
     args = _format_args(fmt, dynamic, opset)
     _check_runtime(fmt, int8)

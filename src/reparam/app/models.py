@@ -24,6 +24,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from reparam.blocks.registry import registered_blocks
 from reparam.checks import strict_bools
+from reparam.io import check_path
 from reparam.text import first_line
 from reparam.yolo import convert_model, plain_counterpart
 from reparam.yolo.safety import (
@@ -47,8 +48,6 @@ __all__ = [
     "yaml_name",
 ]
 
-MAX_PATH = 4_096
-"""Longest model argument accepted (Linux's PATH_MAX); a longer one is refused before any file access."""
 
 STRIDE = 32
 """The largest stride of the detection models: image sizes are rounded up to a multiple of it."""
@@ -102,9 +101,7 @@ def load(model: str | Path, *, trust: bool = False) -> YOLO:
     checkpoint, FileNotFoundError for a YAML that is neither a file nor a known model.
     """
     name = str(model)
-    path = Path(name)
-    if len(name) > MAX_PATH:
-        raise ValueError(f"model={name[:60]}... is a path of {len(name):,} characters (at most {MAX_PATH:,})")
+    path = check_path("model", name)
     if path.is_dir():
         raise ValueError(
             f"model={name} is a directory, expected a zoo name, a model YAML or a .pt checkpoint"
