@@ -229,3 +229,18 @@ def test_python_api_names_the_argument_of_a_path_too_long() -> None:
     for call, key in ((lambda p: load(p), "model"), (lambda p: export_model("yolov8n.yaml", out=p), "out")):
         with pytest.raises(ValueError, match=rf"^{key}=b{{57}}\.\.\.: a path component has 303 bytes"):
             call(LONG_NAME + ".pt")
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "train", "adopt", "export", "val"])
+def test_a_yaml_without_a_head_ultralytics_can_tell_is_one_line(
+    command: str, tmp_path: Path, capsys: Capture
+) -> None:
+    cfg = tmp_path / "nohead.yaml"
+    cfg.write_text("nc: 3\nbackbone:\n  - [-1, 1, Conv, [16, 3, 2]]\nhead:\n  - [-1, 1, Conv, [16, 3, 1]]\n")
+    argv = [command, str(cfg)] + (["to=repvgg"] if command == "adopt" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert (
+        f"model YAML {cfg}: its last head row ('Conv') is not a head whose task Ultralytics can tell" in err
+    )

@@ -28,11 +28,10 @@ from reparam.io import check_path
 from reparam.text import first_line
 from reparam.yolo import convert_model, plain_counterpart
 from reparam.yolo.safety import (
-    check_model_cfg,
+    check_model_yaml,
     check_ultralytics_checkpoint,
     load_ultralytics_checkpoint,
     preloaded_checkpoint,
-    read_model_yaml,
     ultralytics_safe_load,
 )
 
@@ -77,18 +76,6 @@ def check_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
     ckpt = load_ultralytics_checkpoint(path)
     check_ultralytics_checkpoint(ckpt, str(path))
     return ckpt
-
-
-def check_model_yaml(path: Path) -> None:
-    """Refuse a model YAML before Ultralytics reads it: unreadable, aliases expanding beyond a small size,
-    not an Ultralytics model, or failing :func:`reparam.yolo.safety.check_model_cfg`."""
-    cfg = read_model_yaml(path)
-    lists = isinstance(cfg, dict) and all(isinstance(cfg.get(k), list) for k in ("backbone", "head"))
-    if not lists:
-        raise ValueError(
-            f"model YAML {path} is not an Ultralytics model: it needs 'backbone' and 'head' lists of rows"
-        )
-    check_model_cfg(cfg, f"model YAML {path}")
 
 
 @strict_bools

@@ -29,10 +29,9 @@ from reparam.io import atomic_path
 from reparam.verification import relative_error
 from reparam.yolo.hooks import convert_model
 from reparam.yolo.safety import (
-    check_model_cfg,
+    check_model_yaml,
     check_ultralytics_checkpoint,
     load_ultralytics_checkpoint,
-    read_model_yaml,
     ultralytics_safe_load,
 )
 from reparam.yolo.zoo import PLAIN_FAMILY, plain_counterpart, zoo_path
@@ -302,7 +301,7 @@ def _read(src: Path, trust: bool) -> dict[str, Any]:
         from ultralytics import YOLO
 
         if src.is_file():  # a zoo name is read from reparam's own folder
-            check_model_cfg(read_model_yaml(src), f"model YAML {src}")
+            check_model_yaml(src)
         with ultralytics_safe_load(trust):
             return {"model": YOLO(str(src), verbose=False).model, "train_args": {}}
     if src.suffix.lower() != ".pt":

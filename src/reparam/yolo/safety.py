@@ -24,6 +24,7 @@ from reparam.text import first_line, shorten
 
 __all__ = [
     "check_model_cfg",
+    "check_model_yaml",
     "check_ultralytics_checkpoint",
     "checkpoint_allow_list",
     "expanded_size",
@@ -254,6 +255,28 @@ def read_model_yaml(path: str | os.PathLike[str]) -> Any:
             loader.dispose()
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"model YAML {file} cannot be read: {first_line(e)}") from None
+
+
+def check_model_yaml(path: str | os.PathLike[str]) -> None:
+    """Refuse a model YAML file before Ultralytics reads it: unreadable, aliases expanding beyond a small
+    size, not an Ultralytics model (``backbone``/``head`` lists ending in a head whose task Ultralytics
+    can tell: YOLO() fails on any other), or failing :func:`check_model_cfg`."""
+    cfg = read_model_yaml(path)
+    lists = isinstance(cfg, dict) and all(isinstance(cfg.get(k), list) for k in ("backbone", "head"))
+    if not lists:
+        raise ValueError(
+            f"model YAML {path} is not an Ultralytics model: it needs 'backbone' and 'head' lists of rows"
+        )
+    from ultralytics.nn.tasks import guess_model_task
+
+    if guess_model_task(cfg) is None:  # Ultralytics' own rule: the last head row's module name
+        last = cfg["head"][-1] if cfg["head"] else None
+        module = last[2] if isinstance(last, list | tuple) and len(last) == 4 else last
+        raise ValueError(
+            f"model YAML {path}: its last head row ({_short(module)}) is not a head whose task "
+            "Ultralytics can tell; end head: with Detect, v10Detect, Segment, Pose, OBB or Classify"
+        )
+    check_model_cfg(cfg, f"model YAML {path}")
 
 
 def _yaml_children(node: Any) -> list[Any]:
