@@ -233,3 +233,21 @@ def test_ddp_script_imports_our_trainer_and_builds_the_model(
         script.with_suffix(".pt").unlink(missing_ok=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "DDP-OK reparam.yolo.trainer ConvBN,RepVGGBlock"
+
+
+def test_train_starts_from_a_legacy_pretrained_file(trained: dict, tmp_path: Path) -> None:
+    """A legacy (non-zip) ``pretrained=`` file, which Ultralytics' safe mode cannot read, is read by reparam
+    (checked, no code run) and handed to Ultralytics for that path only: with no learning the weights stay."""
+    from reparam.app.train import train
+
+    net = YOLO("yolov8n.yaml")
+    with torch.no_grad():
+        net.model.model[0].conv.weight.fill_(0.5)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model": net.model, "train_args": {}}, legacy, _use_new_zipfile_serialization=False)
+    result = train(
+        "yolov8n.yaml", data=trained["data"], epochs=1, imgsz=IMGSZ, batch=4, project=tmp_path, workers=0,
+        plots=False, pretrained=str(legacy), optimizer="SGD", lr0=0.0, warmup_bias_lr=0.0, seed=0,
+    )  # fmt: skip
+    first = torch.load(result.best, weights_only=False)["model"].model[0].conv.weight.float()  # the EMA
+    assert torch.equal(first, torch.full_like(first, 0.5))

@@ -103,7 +103,7 @@ def load(model: str | Path, *, trust: bool = False) -> YOLO:
     elif path.is_file():
         check_model_yaml(path)
     try:
-        with ultralytics_safe_load(trust), preloaded_checkpoint(legacy):
+        with ultralytics_safe_load(trust), preloaded_checkpoint(legacy, path):
             return YOLO(name, verbose=False)
     except FileNotFoundError as e:
         if is_checkpoint:

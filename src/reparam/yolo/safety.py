@@ -93,17 +93,23 @@ def _holds(obj: Any) -> str:
 
 
 @contextlib.contextmanager
-def preloaded_checkpoint(ckpt: Any) -> Iterator[None]:
-    """Within the block Ultralytics' loader (``YOLO(path)``) takes ``ckpt``, already read and checked,
-    instead of reading the file again: for a legacy (non-zip) file, which its weights-only mode cannot read
-    (module records). ``None`` changes nothing."""
+def preloaded_checkpoint(ckpt: Any, path: str | os.PathLike[str]) -> Iterator[None]:
+    """Within the block Ultralytics' loader takes ``ckpt``, already read and checked, when it is asked for
+    ``path`` instead of reading the file again (any other file it reads as before): for a legacy (non-zip)
+    file, which its weights-only mode cannot read (module records). ``ckpt=None`` changes nothing."""
     if ckpt is None:
         yield
         return
     import ultralytics.nn.tasks as tasks
 
-    original = tasks.torch_safe_load
-    tasks.torch_safe_load = lambda weight, *args, **kwargs: (ckpt, str(weight))
+    original, wanted = tasks.torch_safe_load, Path(path).resolve()
+
+    def load(weight: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(str(weight)).resolve() == wanted:
+            return ckpt, str(weight)
+        return original(weight, *args, **kwargs)
+
+    tasks.torch_safe_load = load
     try:
         yield
     finally:
