@@ -230,9 +230,10 @@ class _GenerateKernel(torch.autograd.Function):
     does several jobs at once: forward runs the 1x1 -> kxk contraction as one GEMM per group in
     ``(O, k*k, I/g)`` order, adds the fixed-filter branches with one batched GEMM and the depthwise-
     separable one with one strided pass, and writes the result in ``(O, I/g, k, k)`` order while adding
-    the origin branch. Saved: the parameters and forward's scaled, transposed conv2 (one kernel-sized
-    tensor). Backward derives each gradient with one GEMM or one scaled copy, and each scale's gradient as
-    the trace of a (k*k, k*k) or (8, 8) product instead of a kernel-sized product and sum.
+    the origin branch. Saved: the parameters, forward's scaled, transposed conv2 (one kernel-sized
+    tensor) and its stacked 1x1 factors. Backward derives each gradient with one GEMM or one scaled copy,
+    and each scale's gradient as the trace of a (k*k, k*k) or (8, 8) product instead of a kernel-sized
+    product and sum.
     """
 
     @staticmethod
