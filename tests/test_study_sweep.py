@@ -281,5 +281,5 @@ def test_help_names_the_sweep_keys(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["study", "--help"])
     out = capsys.readouterr().out
-    for key in ("lrs=", "sweep_seeds=", "report="):
+    for key in ("lrs=", "sweep_seeds=", "sweep_epochs=", "report="):
         assert f"\n  {key}" in out, key
