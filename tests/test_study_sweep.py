@@ -93,6 +93,8 @@ def test_sweep_picks_each_variants_rate_by_validation_and_tests_only_there(monke
     }
     md = result.files["markdown"].read_text()
     assert "| plain | 80.00 | 78.00 | 70.00 | 0.1 |" in md and "| orepa | 70.00 | 79.00 | 81.00 | 0.4 |" in md
+    assert "- plain: the chosen rate 0.1 is the smallest swept (0.1 .. 0.4); its best rate may lie" in md
+    assert "- orepa: the chosen rate 0.4 is the largest swept (0.1 .. 0.4)" in md
     summary = _csv(result.files["summary"])
     assert [(r["variant"], float(r["lr"])) for r in summary] == [("plain", 0.1), ("orepa", 0.4)]
 

@@ -24,6 +24,7 @@ from reparam.study.stats import paired_difference
 __all__ = [
     "REPORT_FILES",
     "cell",
+    "edge_notes",
     "existing_reports",
     "known_variants",
     "paired_rows",
@@ -218,6 +219,7 @@ def _sweep_section(sweep: Sequence[Mapping[str, object]], metric: str) -> list[s
     rows = sweep_rows(sweep, f"val {metric}")
     seeds = sorted({int(str(r["seed"])) for r in sweep})
     text = [{k: (f"{v:g}" if k == "chosen lr" else _num(v)) for k, v in r.items()} for r in rows]
+    edge = edge_notes(rows)
     return [
         f"## Learning-rate sweep (validation {metric} of the deploy form, mean over sweep seeds {seeds})",
         "",
@@ -226,7 +228,26 @@ def _sweep_section(sweep: Sequence[Mapping[str, object]], metric: str) -> list[s
         "",
         markdown_table(text),
         "",
+        *(f"- {note}" for note in edge),
+        *([""] if edge else []),
     ]
+
+
+def edge_notes(rows: Sequence[Mapping[str, object]]) -> list[str]:
+    """A note per variant whose chosen rate is the largest or smallest one swept: its best rate may lie
+    beyond the grid, so the sweep did not bracket it."""
+    notes = []
+    for r in rows:
+        rates = sorted(float(k.removeprefix("lr ")) for k in r if k.startswith("lr "))
+        chosen = float(str(r["chosen lr"]))
+        if len(rates) > 1 and chosen in (rates[0], rates[-1]):
+            side, beyond = ("largest", "larger") if chosen == rates[-1] else ("smallest", "smaller")
+            notes.append(
+                f"{r['variant']}: the chosen rate {chosen:g} is the {side} swept "
+                f"({rates[0]:g} .. {rates[-1]:g}); its best rate may lie beyond the grid (sweep {beyond} "
+                "rates to bracket it)"
+            )
+    return notes
 
 
 def _paired_section(runs: Sequence[Mapping[str, object]], metrics: Sequence[str]) -> list[str]:

@@ -415,11 +415,14 @@ def run_study(
         plan = _Plan(study, ledger, total, progress)
         sweep = [plan("sweep", v, lr, s) for v in variants for lr in lrs for s in sweep_seeds]
         rows = [{"variant": r.variant, "lr": r.lr, "seed": r.seed, **r.metrics} for r in sweep]
-        best = {str(r["variant"]): r["chosen lr"] for r in report.sweep_rows(rows, f"val {study.metric}")}
+        swept = report.sweep_rows(rows, f"val {study.metric}")
+        best = {str(r["variant"]): r["chosen lr"] for r in swept}
         chosen = {v: float(str(best[v])) if sweep else lrs[0] for v in variants}
         if sweep:
             say(progress, "chosen rates (best validation " + study.metric + "): "
                 + ", ".join(f"{v} {lr:g}" for v, lr in chosen.items()))  # fmt: skip
+            for note in report.edge_notes(swept):
+                say(progress, f"note: {note}")
         runs = [plan("test", v, chosen[v], s) for s in seeds for v in variants]
         if int8_runs:
             runs = [_merged(r, plan("int8", r.variant, r.lr, r.seed)) for r in runs]
