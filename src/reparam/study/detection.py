@@ -339,13 +339,14 @@ class DetectionStudy:
 
             xn, calls = x.cpu().numpy(), {}
             for v in variants:  # the first seed's INT8 record made both files
-                fp32 = (
-                    sorted((self.out / "int8").glob(f"{v}-seed*.int8.onnx"))[0]
-                    .with_suffix("")
-                    .with_suffix(".onnx")
-                )
-                calls[f"{v}|ort fp32 b1"] = ort_call(fp32, xn)
-                calls[f"{v}|ort int8 b1"] = ort_call(fp32.with_suffix(".int8.onnx"), xn)
+                made = sorted((self.out / "int8").glob(f"{v}-seed*.int8.onnx"))
+                if not made:
+                    raise RuntimeError(
+                        f"no INT8 ONNX of {v} in {self.out / 'int8'} to time; delete "
+                        f"{RECORDS_DIR}/int8-{v}-*.json in out= to quantize again"
+                    )
+                calls[f"{v}|ort fp32 b1"] = ort_call(made[0].with_suffix("").with_suffix(".onnx"), xn)
+                calls[f"{v}|ort int8 b1"] = ort_call(made[0], xn)
             rounds = self.recipe.latency_rounds
             for key, t in compare_latency(calls, x, rounds=rounds, calls_per_round=1).items():
                 v, label = key.split("|")
