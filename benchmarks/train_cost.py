@@ -54,10 +54,12 @@ def main() -> None:
     )
     for r in rows:
         if r["block"] == "OREPA":
-            print(
-                f"  {r['network']}: OREPA {r['time_x_plain']}x plain, {r.get('time_x_dbb')}x DBB time; "
-                f"extra memory {r.get('extra_mem_x_dbb')}x DBB's"
+            vs_dbb = (
+                f", {r['time_x_dbb']}x DBB time; extra memory {r.get('extra_mem_x_dbb')}x DBB's"
+                if r.get("time_x_dbb") is not None
+                else " (DBB not run)"
             )
+            print(f"  {r['network']}: OREPA {r['time_x_plain']}x plain{vs_dbb}")
     print(f"\nCSV: {write_csv(Path(args.csv), rows)}")
 
 
