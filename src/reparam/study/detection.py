@@ -245,21 +245,21 @@ class DetectionStudy:
         peak = self.memory.stop()
         train_s = time.perf_counter() - t0
         net = self._deploy(Path(result.best))
-        m = net.val(
-            data=str(result.data),
-            imgsz=r.imgsz,
-            batch=r.batch,
-            device=str(self.device),
-            plots=False,
-            verbose=False,
-            project=str(self.runs_dir),
-            name=f"{name}-val-deploy",
-            exist_ok=True,
-        )
+        device = str(self.device)
+        m50_95, m50 = self._map(net, result.data, f"{name}-val-deploy", batch=r.batch, device=device)
         prefix = "val " if sweep else ""
-        metrics = {f"{prefix}mAP50-95": float(m.box.map), f"{prefix}mAP50": float(m.box.map50)}
+        metrics = {f"{prefix}mAP50-95": m50_95, f"{prefix}mAP50": m50}
         seconds = time.perf_counter() - t0
         return RunRecord(variant, seed, metrics, train_s / self.epochs[phase], peak, seconds, lr, phase)
+
+    def _map(self, net: Any, data: object, name: str, **setting: Any) -> tuple[float, float]:
+        """mAP50-95 and mAP50 of ``net`` on ``data``'s val split by Ultralytics' validator (run folder
+        ``name`` under the study's runs folder; ``setting``: batch, rect, device)."""
+        m = net.val(
+            data=str(data), imgsz=self.recipe.imgsz, plots=False, verbose=False, project=str(self.runs_dir),
+            name=name, exist_ok=True, **setting,
+        )  # fmt: skip
+        return float(m.box.map), float(m.box.map50)
 
     def _int8(self, variant: str, seed: int, lr: float) -> RunRecord:
         """The test run's converted checkpoint as fp32 ONNX and INT8 ONNX (``out/int8/<variant>-seed<s>``),
@@ -307,11 +307,10 @@ class DetectionStudy:
                 os.replace(made, final)
         metrics: dict[str, float] = {}
         for label, path in forms.items():
-            m = YOLO(str(path), task="detect").val(
-                data=str(data), imgsz=r.imgsz, batch=1, rect=False, device="cpu", plots=False, verbose=False,
-                project=str(self.runs_dir), name=f"{name}-val-{label.replace(' ', '-')}", exist_ok=True,
+            metrics[f"mAP50-95 {label}"], metrics[f"mAP50 {label}"] = self._map(
+                YOLO(str(path), task="detect"), data, f"{name}-val-{label.replace(' ', '-')}",
+                batch=1, rect=False, device="cpu",
             )  # fmt: skip
-            metrics[f"mAP50-95 {label}"], metrics[f"mAP50 {label}"] = float(m.box.map), float(m.box.map50)
         metrics["int8 drop"] = metrics["mAP50-95 ort fp32"] - metrics["mAP50-95 int8"]
         return RunRecord(variant, seed, metrics, 0.0, None, time.perf_counter() - t0, lr, "int8")
 
