@@ -71,9 +71,17 @@ def _print(msg: str) -> None:
 # ---------------------------------------------------------------- commands
 
 
+def _keep_freed_memory() -> None:
+    """The training commands' malloc setting (:mod:`reparam.app.memory`), said in one line."""
+    from reparam.app.memory import keep_freed_memory
+
+    _print(keep_freed_memory())
+
+
 def _cmd_demo(o: dict[str, Any]) -> int:
     from reparam.app.demo import run_demo
 
+    _keep_freed_memory()
     return 0 if run_demo(**o, progress=_print).ok else 1
 
 
@@ -87,6 +95,7 @@ def _cmd_data(o: dict[str, Any]) -> int:
 def _cmd_train(o: dict[str, Any]) -> int:
     from reparam.app.train import train
 
+    _keep_freed_memory()
     result = train(progress=_print, **o)
     _print(f"weights: {result.best}\nconvert for deployment with: reparam deploy {result.best}")
     return 0
@@ -153,6 +162,7 @@ def _cmd_study(o: dict[str, Any]) -> int:
 
     if o["int8"]:
         require("onnx", "onnxruntime")  # before any training
+    _keep_freed_memory()
     study(**o, progress=_print)
     return 0
 

@@ -37,6 +37,7 @@ _WHERE = {
     "model_forms": "models",
     "plain_model": "models",
     "stride_imgsz": "models",
+    "keep_freed_memory": "memory",
     "study": "study",
     "TrainResult": "train",
     "train": "train",
