@@ -34,7 +34,15 @@ from ultralytics import YOLO
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
 from reparam.app.data import resolve_data
-from reparam.app.export import ONNX_RTOL, OnnxCheck, check_onnx, export_model, export_onnx, onnx_ops
+from reparam.app.export import (
+    ONNX_RTOL,
+    ExportResult,
+    OnnxCheck,
+    check_onnx,
+    export_model,
+    export_onnx,
+    onnx_ops,
+)
 from reparam.app.int8 import measure_forms
 from reparam.app.models import load, plain_model, stride_imgsz
 from reparam.app.report import (
@@ -196,34 +204,48 @@ def _validate_converted(
 
 
 def _export(
-    deploy_pt: Path, proof: _Proof, plain: tuple[str, nn.Module] | None, imgsz: int, trust: bool
-) -> tuple[Path, OnnxCheck, bool | None]:
-    """Stage 8: ONNX of the deploy checkpoint, checked in onnxruntime; same op counts as the plain model?
+    deploy_pt: Path,
+    proof: _Proof,
+    plain: tuple[str, nn.Module] | None,
+    data: Path,
+    imgsz: int,
+    trust: bool,
+    progress: Progress | None,
+) -> tuple[ExportResult, OnnxCheck, bool | None]:
+    """Stage 8: the deploy checkpoint as fp32 ONNX and its INT8 form (one export; INT8 calibrated on the
+    training images), the fp32 file checked in onnxruntime; same op counts as the plain model?
     The ONNX files and the plain checkpoint are the demo's own (replaced on a re-run)."""
-    onnx_path = export_onnx(deploy_pt, imgsz, overwrite=True, trust=trust)
-    onnx_check = check_onnx(onnx_path, proof.deploy_form, proof.x[:1])
+    exported = export_model(
+        deploy_pt, imgsz=imgsz, overwrite=True, trust=trust, int8=True, data=data, check=False,
+        progress=progress,
+    )  # fmt: skip
+    onnx_check = check_onnx(exported.path, proof.deploy_form, proof.x[:1])
     if plain is None:
-        return onnx_path, onnx_check, None
+        return exported, onnx_check, None
     plain_pt = deploy_pt.parent / f"plain-{Path(plain[0]).stem}.pt"
     net = YOLO(plain[0], verbose=False)
     net.model = plain[1]  # the plain model with the demo's classes (the YAML alone builds 80)
     with atomic_path(plain_pt, overwrite=True) as tmp:
         net.save(tmp)
-    return onnx_path, onnx_check, onnx_ops(export_onnx(plain_pt, imgsz, overwrite=True)) == onnx_check.ops
+    return exported, onnx_check, onnx_ops(export_onnx(plain_pt, imgsz, overwrite=True)) == onnx_check.ops
 
 
 def _int8(
-    deploy_pt: Path, data: Path, imgsz: int, rounds: int, trust: bool, progress: Progress | None
+    deploy_pt: Path,
+    exported: ExportResult,
+    data: Path,
+    imgsz: int,
+    rounds: int,
+    trust: bool,
+    progress: Progress | None,
 ) -> list[dict[str, str]]:
-    """Stage 8 (INT8 rows): the deploy checkpoint as fp32 and INT8 ONNX (calibrated on the training images)
-    and, with openvino and nncf installed, as OpenVINO fp32 and INT8; mAP (rect=False) and batch-1 latency."""
-    folder = deploy_pt.parent / "int8"
-    common = {"imgsz": imgsz, "overwrite": True, "trust": trust, "data": data, "check": False}
-    fp32 = folder / f"{deploy_pt.stem}.onnx"
-    int8 = export_model(deploy_pt, out=fp32, int8=True, **common).int8
-    assert int8 is not None
-    forms = {"fp32 ONNX (onnxruntime)": fp32, "INT8 ONNX (onnxruntime)": int8.path}
+    """Stage 8 (INT8 rows): the fp32 and INT8 ONNX of :func:`_export` and, with openvino and nncf installed,
+    the deploy checkpoint as OpenVINO fp32 and INT8; mAP (rect=False) and batch-1 latency of each."""
+    assert exported.int8 is not None
+    forms = {"fp32 ONNX (onnxruntime)": exported.path, "INT8 ONNX (onnxruntime)": exported.int8.path}
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        folder = deploy_pt.parent / "int8"
+        common = {"imgsz": imgsz, "overwrite": True, "trust": trust, "data": data, "check": False}
         for name, q in (("OpenVINO fp32", False), ("OpenVINO INT8 (NNCF)", True)):
             ov = folder / f"{deploy_pt.stem}{'_int8' if q else ''}_openvino_model"
             forms[name] = export_model(deploy_pt, "openvino", out=ov, int8=q, **common).path
@@ -357,8 +379,10 @@ def run_demo(
             plain = plain_model(proof.train_form)
             profiles = _benchmark(proof, plain, imgsz, (1, throughput_batch), rounds, progress)
         with stage("export", "export ONNX and check it in onnxruntime; INT8 forms, their mAP and latency"):
-            onnx_path, onnx_check, same_ops = _export(deploy_pt, proof, plain, imgsz, trust)
-            int8_rows = _int8(deploy_pt, data_yaml, imgsz, rounds, trust, progress)
+            exported, onnx_check, same_ops = _export(
+                deploy_pt, proof, plain, data_yaml, imgsz, trust, progress
+            )
+            int8_rows = _int8(deploy_pt, exported, data_yaml, imgsz, rounds, trust, progress)
         with stage("report", "report"):
             seconds = stage.seconds | {"total": time.perf_counter() - stage.start}
             header = (
@@ -367,8 +391,8 @@ def run_demo(
             )
             report = DemoReport(
                 out / "report", header, summary_rows(profiles, maps, (1, throughput_batch)), profiles, run,
-                proof.v32, proof.v64, maps, _checks(proof, maps, onnx_check, same_ops), deploy_pt, onnx_path,
-                seconds, int8_rows,
+                proof.v32, proof.v64, maps, _checks(proof, maps, onnx_check, same_ops), deploy_pt,
+                exported.path, seconds, int8_rows,
             )  # fmt: skip
             write_demo_report(report)
     say(progress, f"\n{report.text}\n\nreport: {report.folder}")
