@@ -256,3 +256,32 @@ def test_format_without_its_package_is_one_line(work: dict[str, Path], capsys: p
     err = capsys.readouterr().err.strip()
     assert "coremltools" in err and len(err.splitlines()) == 1, err
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_auto_skip_calibrates_once_as_a_fresh_calibration_would(
+    work: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    ort_quantize = importlib.import_module(
+        "onnxruntime.quantization.quantize"
+    )  # the module, not its function
+    calls = []
+    real = ort_quantize.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    common = {"imgsz": 64, "int8": True, "calib": work["calib"], "check": False}
+    torch.manual_seed(0)
+    auto = export_model(work["yaml"], int8_skip="auto:1", out=work["root"] / "once" / "m.onnx", **common)
+    assert len(calls) == 1  # the ranking's ranges serve the final quantization too
+    assert auto.int8 is not None
+    torch.manual_seed(0)  # the same weights, quantized with the same skip after a calibration of its own
+    named = ",".join(auto.int8.skipped)
+    fresh = export_model(work["yaml"], int8_skip=named, out=work["root"] / "fresh" / "m.onnx", **common)
+    assert len(calls) == 2 and fresh.int8 is not None
+    inits = [
+        {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(r.int8.path).graph.initializer}
+        for r in (auto, fresh)
+    ]
+    assert inits[0].keys() == inits[1].keys()
+    for name, value in inits[0].items():
+        np.testing.assert_array_equal(value, inits[1][name], err_msg=name)

@@ -232,7 +232,7 @@ def quantize_onnx(
         convs = quantizable_convs(fp32, decode)
         activation, why = activation_type()
         say(progress, f"INT8: {len(images)} calibration images, {len(convs)} convs, activations {activation}")
-        ranking, skip = [], plan.skip
+        ranking, skip, ranges = [], plan.skip, work / "ranges.json"  # calibrated once, shared
         unknown = [n for n in skip if n not in convs]
         if unknown:
             raise ValueError(
@@ -241,12 +241,13 @@ def quantize_onnx(
         if plan.auto is not None:
             say(progress, f"INT8: ranking {len(convs)} convs by sensitivity (one quantization each) ...")
             ranking = rank_sensitivity(
-                fp32, images, images[:_PROBE], decode=decode, activation=activation, per_channel=per_channel
-            )
+                fp32, images, images[:_PROBE], decode=decode, activation=activation, cache=ranges,
+                per_channel=per_channel,
+            )  # fmt: skip
             skip = [r.node for r in ranking[: plan.auto]]
         q = quantize_detector(
             fp32, work / plan.int8_path.name, images, exclude=[*decode, *skip], activation=activation,
-            per_channel=per_channel,
+            per_channel=per_channel, cache=ranges,
         )  # fmt: skip
         copy_metadata(fp32, q)
         probe = images[:_PROBE]

@@ -353,14 +353,16 @@ def rank_sensitivity(
     *,
     decode: Sequence[str],
     activation: str,
+    cache: Path,
     per_channel: bool = True,
 ) -> list[Sensitivity]:
     """Every quantizable conv, most sensitive first: the detection output's error (:func:`output_error`)
-    on ``probe`` images with only that conv quantized (ranges calibrated once on ``images``)."""
+    on ``probe`` images with only that conv quantized. The ranges are calibrated once on ``images`` into
+    ``cache`` (a JSON file; an existing one is used), which the final quantization can then reuse."""
     reference = onnx_outputs(fp32, probe)
     rows = []
     with tempfile.TemporaryDirectory(prefix="reparam-int8-rank-") as tmp:
-        cache, out = Path(tmp) / "ranges.json", Path(tmp) / "one.onnx"
+        out = Path(tmp) / "one.onnx"
         for node in quantizable_convs(fp32, decode):
             quantize_detector(
                 fp32, out, images, exclude=decode, activation=activation, per_channel=per_channel,
