@@ -71,3 +71,16 @@ def test_the_users_own_malloc_settings_are_kept(env: dict[str, str], named: str)
 def test_another_c_library_is_left_alone_and_said(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "_glibc", lambda: None)
     assert memory.keep_freed_memory() == "memory: not glibc, malloc left as it is"
+
+
+def test_a_refused_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            return 1 if param == -3 else 0  # M_MMAP_THRESHOLD taken, M_TRIM_THRESHOLD refused
+
+    monkeypatch.setattr(memory, "_glibc", lambda: "glibc 2.99")
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda _: Libc())
+    for key in [*memory._USER_SETTINGS, "GLIBC_TUNABLES"]:
+        monkeypatch.delenv(key, raising=False)
+    said = memory.keep_freed_memory()
+    assert said == "memory: glibc 2.99 refused mallopt M_TRIM_THRESHOLD; applied M_MMAP_THRESHOLD"
