@@ -10,6 +10,7 @@ passes ``trust=True``. Unreadable input (a missing, truncated, corrupted or fore
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import pickle
@@ -39,6 +40,7 @@ __all__ = [
     "STRIDE",
     "blocks_used",
     "check_checkpoint",
+    "checked_preload",
     "first_tensor",
     "load",
     "model_forms",
@@ -78,6 +80,13 @@ def check_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
     return ckpt
 
 
+def checked_preload(path: Path, *, trust: bool = False) -> contextlib.AbstractContextManager[None]:
+    """:func:`check_checkpoint` ``path``, then the block in which Ultralytics reads it: for a legacy
+    (non-zip) file, which its safe mode cannot read, it gets what was read here; else it reads the file."""
+    ckpt = check_checkpoint(path, trust=trust)
+    return preloaded_checkpoint(ckpt if ckpt is not None and not zipfile.is_zipfile(path) else None, path)
+
+
 @strict_bools
 def load(model: str | Path, *, trust: bool = False) -> YOLO:
     """A YOLO object for a zoo name (``yolov8n-orepa.yaml``), an Ultralytics YAML or a local checkpoint.
@@ -96,14 +105,13 @@ def load(model: str | Path, *, trust: bool = False) -> YOLO:
     if path.suffix.lower() not in _MODEL_SUFFIXES:
         raise ValueError(f"model={name}: unsupported file type, expected a zoo name, a .yaml or a .pt file")
     is_checkpoint = path.suffix.lower() == ".pt"
-    legacy = None  # a legacy (non-zip) checkpoint: Ultralytics takes what we read instead of reading it
+    preload: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if is_checkpoint:
-        ckpt = check_checkpoint(path, trust=trust)
-        legacy = ckpt if ckpt is not None and not zipfile.is_zipfile(path) else None
+        preload = checked_preload(path, trust=trust)
     elif path.is_file():
         check_model_yaml(path)
     try:
-        with ultralytics_safe_load(trust), preloaded_checkpoint(legacy, path):
+        with ultralytics_safe_load(trust), preload:
             return YOLO(name, verbose=False)
     except FileNotFoundError as e:
         if is_checkpoint:

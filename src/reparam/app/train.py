@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +10,13 @@ import torch
 from ultralytics import YOLO
 
 from reparam.app.data import resolve_data
-from reparam.app.models import check_checkpoint, load, stride_imgsz
+from reparam.app.models import checked_preload, load, stride_imgsz
 from reparam.blocks.base import check_positive
 from reparam.checks import strict_bools
 from reparam.io import check_path
 from reparam.text import Progress
 from reparam.yolo.fonts import plot_fonts
-from reparam.yolo.safety import preloaded_checkpoint, ultralytics_safe_load
+from reparam.yolo.safety import ultralytics_safe_load
 from reparam.yolo.trainer import TrainResult, train_detector
 
 __all__ = ["TrainResult", "train", "use_threads"]
@@ -64,20 +63,17 @@ def train(
     without running code from it unless ``trust=True``.
     """
     imgsz = stride_imgsz(imgsz)
-    legacy = []  # legacy (non-zip) files: Ultralytics' safe mode cannot read them, it gets what we read
-    for key in _CHECKPOINT_KEYS:  # every file is checked before any work (data preparation, training)
+    preloads = []  # every file is checked before any work (data preparation, training)
+    for key in _CHECKPOINT_KEYS:
         if isinstance(overrides.get(key), str | Path):
-            file = check_path(key, overrides[key])
-            ckpt = check_checkpoint(file, trust=trust)
-            if ckpt is not None and not zipfile.is_zipfile(file):
-                legacy.append(preloaded_checkpoint(ckpt, file))
+            preloads.append(checked_preload(check_path(key, overrides[key]), trust=trust))
     net = load(model, trust=trust)
     if threads is not None:
         use_threads(net, threads)
     data_yaml, _ = resolve_data(data, progress=progress)
     with plot_fonts(), ultralytics_safe_load(trust), contextlib.ExitStack() as stack:
-        for preloaded in legacy:
-            stack.enter_context(preloaded)
+        for preload in preloads:
+            stack.enter_context(preload)
         return train_detector(
             net,
             data_yaml,
