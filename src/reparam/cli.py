@@ -162,7 +162,6 @@ def _cmd_study(o: dict[str, Any]) -> int:
 
     if o["int8"]:
         require("onnx", "onnxruntime")  # before any training
-    _keep_freed_memory()
     study(**o, progress=_print)
     return 0
 

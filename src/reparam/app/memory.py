@@ -5,8 +5,8 @@ back to the OS, so every training step page-faults its activations and temporari
 32 MiB mmap threshold and no trimming, ``reparam demo``'s training stage took 47 s instead of 53 s at 6
 epochs and 246 s instead of 256 s at 30 (2 cores), and a conv8 step of ``benchmarks/train_cost.py`` ~20 %
 less CPU time, plain and OREPA alike. The cost: the process's resident memory does not shrink after its
-peak. Only the commands that train call this (``train``, ``demo``, ``study``); importing reparam changes
-nothing.
+peak. Only ``train`` and ``demo`` call this; ``study`` does not, because it measures each variant's peak
+training memory and kept free memory would count in it. Importing reparam changes nothing.
 """
 
 from __future__ import annotations
