@@ -336,6 +336,24 @@ def test_missing_data_yaml_exits_2_before_any_work(
     assert err.endswith("is a directory, expected a data YAML file")
 
 
+@pytest.mark.parametrize(
+    ("argv", "key", "purpose"),
+    [
+        (["demo", "epochs=1"], "out", "the demo's files"),
+        (["bench", "models=yolov8n-repvgg.yaml"], "out", "the report"),
+        (["train", "yolov8n-repvgg.yaml", "epochs=1"], "project", "the training runs"),
+    ],
+)
+def test_an_output_folder_that_is_a_file_exits_2_before_any_work(
+    argv: list[str], key: str, purpose: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "taken.txt"
+    file.write_text("mine")
+    err = _bad_input([*argv, f"{key}={file}"], capsys)
+    assert err == f"reparam {argv[0]}: error: {key}={file} is a file, expected a folder for {purpose}"
+    assert file.read_text() == "mine" and list(tmp_path.iterdir()) == [file]
+
+
 def test_debug_flag_and_env_show_the_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_folder",
     "check_path",
     "check_writable",
     "checkpoint_globals",
@@ -231,6 +232,15 @@ def check_path(arg: str, value: str | os.PathLike[str]) -> Path:
     if problem is not None:
         raise ValueError(f"{arg}={shorten(name, 60)}: {problem}")
     return Path(name)
+
+
+def check_folder(arg: str, value: str | os.PathLike[str], purpose: str = "") -> Path:
+    """``value`` as a folder a command writes into: :func:`check_path`, and ValueError naming ``arg=`` when it
+    exists as something else (a file), before any work rather than when the first write fails."""
+    path = check_path(arg, value)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{arg}={path} is a file, expected a folder{' for ' + purpose if purpose else ''}")
+    return path
 
 
 @strict_bools

@@ -12,6 +12,7 @@ from reparam.app.models import model_forms, stride_imgsz
 from reparam.app.report import BASELINE, write_bench_report
 from reparam.bench.profile import FormProfile, format_profiles, profile_forms
 from reparam.checks import strict_bools
+from reparam.io import check_folder
 from reparam.text import Progress, say
 
 __all__ = ["run_bench"]
@@ -35,7 +36,7 @@ def run_bench(
     before the first measurement. ``out`` is the command's own report folder: a re-run replaces the report
     files it wrote there (atomically), nothing else. Returns the rows of ``out/bench.csv``.
     """
-    imgsz = stride_imgsz(imgsz)
+    imgsz, out = stride_imgsz(imgsz), check_folder("out", out, "the report")
     forms = {name: model_forms(name, trust=trust) for name in models}
     profiles: dict[str, list[FormProfile]] = {}
     for name in models:
@@ -49,6 +50,6 @@ def run_bench(
         cost = run_train_cost(progress=progress)
         say(progress, format_train_cost(cost))
     title = f"{imgsz}x{imgsz}, CPU threads {torch.get_num_threads()}, {rounds} rounds"
-    rows = write_bench_report(Path(out), title, profiles, cost)
-    say(progress, f"\nreport: {Path(out) / 'bench.md'}")
+    rows = write_bench_report(out, title, profiles, cost)
+    say(progress, f"\nreport: {out / 'bench.md'}")
     return rows

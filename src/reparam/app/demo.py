@@ -58,7 +58,7 @@ from reparam.app.train import TrainResult, train, use_threads
 from reparam.bench.profile import FormProfile, format_profiles, profile_forms
 from reparam.blocks.base import check_positive
 from reparam.checks import strict_bools
-from reparam.io import atomic_path
+from reparam.io import atomic_path, check_folder
 from reparam.text import Progress, say
 from reparam.verification import VerifyReport, default_rtol, relative_error, verify
 from reparam.yolo import convert_model, deploy_checkpoint
@@ -351,7 +351,7 @@ def run_demo(
     the benchmark (None: every core)."""
     if threads is not None:
         check_positive(threads=threads)
-    out, imgsz = Path(out).resolve(), stride_imgsz(imgsz)
+    out, imgsz = check_folder("out", out, "the demo's files").resolve(), stride_imgsz(imgsz)
     load(model, trust=trust)  # refuse a bad or unsafe model before any work (data, training)
     stage = _StageClock(progress)
     with plot_fonts(), ultralytics_safe_load(trust):

@@ -13,7 +13,7 @@ from reparam.app.data import resolve_data
 from reparam.app.models import checked_preload, load, stride_imgsz
 from reparam.blocks.base import check_positive
 from reparam.checks import strict_bools
-from reparam.io import check_path
+from reparam.io import check_folder, check_path
 from reparam.text import Progress
 from reparam.yolo.fonts import plot_fonts
 from reparam.yolo.safety import ultralytics_safe_load
@@ -62,7 +62,7 @@ def train(
     ``resume=`` or ``pretrained=`` path, and what Ultralytics reloads during and after training) is read
     without running code from it unless ``trust=True``.
     """
-    imgsz = stride_imgsz(imgsz)
+    imgsz, project = stride_imgsz(imgsz), check_folder("project", project, "the training runs")
     preloads = []  # every file is checked before any work (data preparation, training)
     for key in _CHECKPOINT_KEYS:
         if isinstance(overrides.get(key), str | Path):

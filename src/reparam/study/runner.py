@@ -28,7 +28,7 @@ import torch
 
 from reparam.bench.latency import Timing
 from reparam.checks import strict_bools
-from reparam.io import atomic_write_text
+from reparam.io import atomic_write_text, check_folder
 from reparam.text import Progress, say, text_table
 
 __all__ = [
@@ -396,9 +396,7 @@ def run_study(
         epochs=epochs, sweep_epochs=sweep_epochs, num_threads=num_threads,
     )  # fmt: skip
     sweep_seeds = sweep_seeds if len(lrs) > 1 else []  # one rate: nothing to choose, no sweep
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out={out} is a file, expected a folder for the study report")
+    out = check_folder("out", out, "the study report")
     dev = _check_device(device)
     t_start = time.perf_counter()
     with _controlled(num_threads, dev), tempfile.TemporaryDirectory(prefix="reparam-study-") as tmp:
