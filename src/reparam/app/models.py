@@ -80,6 +80,7 @@ def check_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
     return ckpt
 
 
+@strict_bools
 def checked_preload(path: Path, *, trust: bool = False) -> contextlib.AbstractContextManager[None]:
     """:func:`check_checkpoint` ``path``, then the block in which Ultralytics reads it: for a legacy
     (non-zip) file, which its safe mode cannot read, it gets what was read here; else it reads the file."""
